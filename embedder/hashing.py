@@ -1,0 +1,51 @@
+"""Content keys: an image is identified by a hash of its bytes, not by its path (DESIGN.md).
+
+So renaming or moving a file costs nothing, and the same bytes under two names are
+embedded once. Hashing reads every file, so it runs on a small thread pool (hashlib
+releases the GIL on large buffers) and reports unreadable files instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+KEY_ALGORITHM = "sha256"
+_READ_BLOCK = 1 << 20
+
+
+def content_key(path: str | Path) -> str:
+    """The hex SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bytes_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_files(
+    paths: Iterable[Path],
+    workers: int = 8,
+    on_done: Callable[[int], None] | None = None,
+) -> list[str | OSError]:
+    """Key of each path, in order; an unreadable file yields its OSError instead."""
+
+    def one(path: Path) -> str | OSError:
+        try:
+            return content_key(path)
+        except OSError as exc:
+            return exc
+
+    results: list[str | OSError] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(one, paths):
+            results.append(result)
+            if on_done is not None:
+                on_done(1)
+    return results

@@ -1,0 +1,50 @@
+"""What a cache holds, for ``headstart embed info``: counts, failures, fingerprint, size."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from .cache import open_cache, parts_dir_for
+from .fingerprint import describe
+
+
+def cache_info(path: str | Path) -> dict:
+    cache = open_cache(path)
+    path = Path(path)
+    per_class: dict[str, Counter] = defaultdict(Counter)
+    for label, split in zip(cache.labels, cache.splits):
+        name = cache.classes[label] if label >= 0 else "(unlabeled)"
+        per_class[name][split or "-"] += 1
+    failures = Counter(cache.failure_reasons)
+    referenced = len(set(cache.rows.tolist()))
+    parts = parts_dir_for(path)
+    pending = len(list(parts.glob("part-*.npz"))) if parts.is_dir() else 0
+    versions = cache.attrs.get("versions")
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "format_version": cache.attrs.get("format_version"),
+        "fingerprint": cache.fingerprint,
+        "fingerprint_text": describe(cache.fingerprint),
+        "images_root": str(cache.images_root),
+        "layout": cache.attrs.get("layout", ""),
+        "created": cache.attrs.get("created"),
+        "updated": cache.attrs.get("updated"),
+        "storage_dtype": cache.feature_dtype,
+        "rows": cache.num_rows,
+        "dim": cache.dim,
+        "files": len(cache.paths),
+        "duplicate_files": len(cache.paths) - referenced,
+        "orphan_rows": cache.num_rows - referenced,
+        "classes": cache.classes,
+        "counts": {name: dict(counts) for name, counts in sorted(per_class.items())},
+        "failures": len(cache.failure_paths),
+        "failures_by_reason": dict(failures.most_common()),
+        "failure_examples": [
+            {"path": p, "reason": r} for p, r in list(zip(cache.failure_paths, cache.failure_reasons))[:10]
+        ],
+        "pending_parts": pending,
+        "versions": json.loads(versions) if isinstance(versions, str) else versions,
+    }

@@ -1,0 +1,222 @@
+"""The batch job behind ``headstart embed run``: discover -> hash -> embed what's new -> cache.
+
+The order matters for speed and safety: discovery and hashing are cheap and need no
+TensorFlow, so a rerun over an unchanged folder finishes without even building the model;
+every embedded batch is durable in a part file before the next one starts, so a killed
+job loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .backbones import BackboneConfig, ResolvedBackbone, build_backbone, describe_architecture, resolve
+from .cache import STORAGE_DTYPES, CacheWriter, Failure, FileRecord
+from .discovery import UNLABELED, Listing, discover
+from .errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from .fingerprint import describe, fingerprint_id
+from .hashing import hash_files
+from .sanity import check_features
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_CACHE_DIR = Path("cache")
+FLATTEN_WARN_DIM = 8192
+
+
+@dataclass
+class EmbedOptions:
+    """How to run the job (everything that does not change the numbers)."""
+
+    cache: Path | None = None  # explicit cache file; default: derived under cache_dir
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    dtype: str = "float16"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    manifest: Path | None = None
+    parallelism: int | None = None  # decode threads; default: the core count
+    progress: bool = True
+
+
+@dataclass
+class EmbedReport:
+    cache_path: str
+    fingerprint: dict
+    images_root: str
+    layout: str
+    files: int = 0  # image files listed and usable
+    rows: int = 0  # distinct contents in the cache
+    embedded: int = 0  # rows computed by this run
+    reused: int = 0  # files whose bytes were already embedded (or failed) before
+    resumed_parts: int = 0  # part files an interrupted run had left
+    duplicates: int = 0  # files whose bytes another file of this run also has
+    skipped: list[dict] = field(default_factory=list)  # {path, reason}
+    ignored_files: int = 0  # non-image files passed over
+    label_conflicts: list[dict] = field(default_factory=list)  # {key, paths, labels}
+    warnings: list[str] = field(default_factory=list)
+    rewritten: bool = False
+    cache_bytes: int = 0
+    elapsed_s: float = 0.0
+    setup_s: float = 0.0  # importing TensorFlow and building the backbone
+    embed_s: float = 0.0  # the embedding loop itself
+    rate: float = 0.0  # images/s of the embedding loop
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ATTENTION if self.skipped else EXIT_OK
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(s["reason"] for s in self.skipped).most_common())
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["skipped_by_reason"] = self.skipped_by_reason()
+        data["exit_code"] = self.exit_code
+        return data
+
+
+def default_cache_path(listing_root: Path, resolved: ResolvedBackbone, dtype: str, cache_dir: Path) -> Path:
+    """``cache/<folder>-<root hash>-<backbone>-<fingerprint id>.h5``: one file per image set
+    and configuration, so a second backbone never clashes with the first."""
+    root_id = hashlib.sha256(str(listing_root).encode()).hexdigest()[:6]
+    storage = "" if dtype == "float16" else "-f32"
+    name = f"{listing_root.name or 'images'}-{root_id}-{resolved.short_name}-{fingerprint_id(resolved.fingerprint)}{storage}.h5"
+    return cache_dir / name
+
+
+def run_embedding(
+    images: str | Path,
+    config: BackboneConfig,
+    options: EmbedOptions | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> EmbedReport:
+    """Embed every image under ``images`` that the cache does not hold yet."""
+    options = options or EmbedOptions()
+    if options.dtype not in STORAGE_DTYPES:
+        raise UsageError(f"--dtype must be float16 or float32, got {options.dtype!r}")
+    if options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    started = time.perf_counter()
+    resolved = resolve(config)
+    listing = discover(images, options.manifest)
+    cache_path = Path(options.cache) if options.cache else default_cache_path(
+        listing.root, resolved, options.dtype, Path(options.cache_dir))
+    report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
+                         ignored_files=listing.ignored_count)
+    extra_attrs = {"backbone_source": config.backbone, "layout": listing.layout}
+
+    with CacheWriter(cache_path, resolved.fingerprint, options.dtype, extra_attrs) as writer:
+        report.resumed_parts = writer.resumed_parts
+        keys = _hash_listing(listing, options.progress)
+        failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing]
+        records: list[FileRecord] = []
+        label_index = listing.label_index()
+        todo: dict[str, str] = {}  # key -> a path to decode it from
+        seen_keys: set[str] = set()
+        for image, key in zip(listing.files, keys):
+            if isinstance(key, OSError):
+                failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
+                continue
+            if key in seen_keys:
+                report.duplicates += 1
+            seen_keys.add(key)
+            known = key in writer.known_keys or key in writer.known_failures
+            if known:
+                report.reused += 1
+            elif key not in todo:
+                todo[key] = image.path
+            label = label_index[image.label] if image.label is not None else UNLABELED
+            records.append(FileRecord(image.path, key, label, image.split))
+
+        if todo:
+            report.embedded = _embed_new(writer, resolved, listing.root, todo, options, report, log)
+            report.rate = report.embedded / report.embed_s if report.embed_s > 0 else 0.0
+        else:
+            log("nothing new to embed")
+
+        failed_keys = writer.known_failures
+        kept: list[FileRecord] = []
+        for record in records:
+            if record.key in failed_keys:
+                failures.append(Failure(record.path, failed_keys[record.key], record.key))
+            else:
+                kept.append(record)
+        report.label_conflicts = _label_conflicts(kept, listing.classes)
+        result = writer.finish(kept, listing.classes, failures, listing.root)
+
+    report.files = len(kept)
+    report.rows = result.num_rows
+    report.rewritten = result.rewritten
+    report.cache_bytes = result.size_bytes
+    report.skipped = [{"path": f.path, "reason": f.reason} for f in failures]
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _hash_listing(listing: Listing, progress: bool) -> list:
+    from tqdm import tqdm
+
+    paths = [listing.root / f.path for f in listing.files]
+    with tqdm(total=len(paths), desc="hashing", unit="file", disable=not progress or len(paths) < 2000,
+              leave=False) as bar:
+        return hash_files(paths, on_done=bar.update)
+
+
+def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo: dict[str, str],
+               options: EmbedOptions, report: EmbedReport, log: Callable[[str], None]) -> int:
+    """Run the backbone over ``todo`` (key -> path), one durable part file per batch."""
+    from tqdm import tqdm
+
+    from .pipeline import embed_batches
+    from .tf_runtime import tune_malloc
+
+    setup_started = time.perf_counter()
+    tune_malloc()
+    log(f"building {describe_architecture(resolved)}")
+    model = build_backbone(resolved)
+    report.setup_s = time.perf_counter() - setup_started
+    dim = int(model.output_shape[-1])
+    if resolved.config.pooling == "flatten" and dim > FLATTEN_WARN_DIM:
+        total = len(writer.known_keys) + len(todo)
+        size_mb = dim * total * np.dtype(options.dtype).itemsize / 1e6
+        warning = (f"pooling 'flatten' keeps {dim:,} values per image: about {size_mb:,.0f} MB of cache for "
+                   f"{total:,} images ({options.dtype}); 'avg' keeps {model.layers[-2].output.shape[-1]:,}")
+        report.warnings.append(warning)
+        log(f"warning: {warning}")
+    keys = list(todo)
+    paths = [str(root / todo[k]) for k in keys]
+    embedded = 0
+    checked = False
+    loop_started = time.perf_counter()
+    with tqdm(total=len(keys), desc="embedding", unit="img", disable=not options.progress,
+              dynamic_ncols=True, mininterval=0.5) as bar:
+        for batch in embed_batches(model, paths, resolved.image_size, options.batch_size, options.parallelism):
+            if not checked and len(batch.indices):
+                check_features(batch.features, options.dtype, describe(resolved.fingerprint))
+                checked = True
+            batch_keys = [keys[i] for i in batch.indices]
+            failed = {keys[i]: reason for i, reason in batch.failed}
+            writer.add_part(batch_keys, batch.features, failed)
+            embedded += len(batch_keys)
+            bar.update(len(batch_keys) + len(failed))
+    report.embed_s = time.perf_counter() - loop_started
+    return embedded
+
+
+def _label_conflicts(records: list[FileRecord], classes: list[str]) -> list[dict]:
+    """Same bytes under two different classes: worth a user's look."""
+    by_key: dict[str, list[FileRecord]] = defaultdict(list)
+    for record in records:
+        if record.label != UNLABELED:
+            by_key[record.key].append(record)
+    conflicts = []
+    for key, group in by_key.items():
+        labels = sorted({classes[r.label] for r in group})
+        if len(labels) > 1:
+            conflicts.append({"key": key, "paths": [r.path for r in group], "labels": labels})
+    return conflicts

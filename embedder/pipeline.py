@@ -1,0 +1,137 @@
+"""The input pipeline and the compiled forward pass that keep a backbone busy.
+
+``tf.data`` reads, decodes and resizes images in parallel and prefetches batches while
+the backbone works on the previous one; the forward pass is a ``tf.function`` with a
+fixed signature (DESIGN.md: ``model.predict`` in a loop was 10-40% slower). Parallelism is
+*fixed*, not AUTOTUNE: on 2 cores AUTOTUNE intermittently starved the model.
+
+Bad files never stop the stream: an element whose read/decode fails is dropped
+(``ignore_errors``), and since every element carries its index, the consumer sees exactly
+which ones are missing and asks :func:`decode_error` why.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .tf_runtime import import_tf
+
+DEFAULT_PREFETCH = 2
+
+
+def default_parallelism() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def load_image(tf, path, image_size: int):
+    """Read one file -> float32 [S, S, 3] RGB in [0, 255].
+
+    ``decode_image`` covers JPEG, PNG (8/16-bit, palette, alpha), GIF (first frame), BMP
+    and WebP; ``channels=3`` turns grayscale and RGBA into RGB.
+    """
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+    return image
+
+
+def image_dataset(
+    paths: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    parallelism: int | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+):
+    """Batches of ``(indices, images)``; indices point into ``paths``, failed files are absent."""
+    tf = import_tf()
+    parallelism = parallelism or default_parallelism()
+    indices = np.arange(len(paths), dtype=np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((indices, np.asarray(list(paths), dtype=object)))
+    ds = ds.map(
+        lambda i, p: (i, load_image(tf, p, image_size)),
+        num_parallel_calls=parallelism,
+        deterministic=True,
+    )
+    ds = ds.ignore_errors()
+    ds = ds.batch(batch_size)
+    ds = ds.prefetch(prefetch)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.map_parallelization = False
+    options.threading.private_threadpool_size = parallelism
+    return ds.with_options(options)
+
+
+def compiled_forward(model, image_size: int):
+    """``model(x, training=False)`` as one traced graph for any batch size."""
+    tf = import_tf()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)],
+                 reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    return forward
+
+
+def decode_error(path: str, image_size: int) -> str:
+    """Why ``path`` dropped out of the pipeline: decode it eagerly and keep the message."""
+    tf = import_tf()
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        load_image(tf, tf.constant(path), image_size)
+    except FileNotFoundError:
+        return "file vanished before it could be read"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    except Exception as exc:  # tf.errors.* carry the decoder's own message
+        message = getattr(exc, "message", None) or str(exc)
+        return _clean_tf_message(message)
+    return "could not be decoded in the pipeline (decodes on its own: transient?)"
+
+
+def _clean_tf_message(message: str) -> str:
+    text = " ".join(message.split())
+    if "}}" in text:  # drop '{{function_node ...}}' prefixes
+        text = text.split("}}", 1)[1].strip()
+    text = text.split(" [Op:", 1)[0]
+    if "Unknown image file format" in text:
+        return "not an image (unknown file format)"
+    if "jpeg::Uncompress failed" in text or "Premature end" in text:
+        return "corrupt or truncated JPEG"
+    return f"cannot decode: {text[:160]}"
+
+
+@dataclass
+class Batch:
+    indices: np.ndarray  # into the paths given to the stream, in order
+    features: np.ndarray  # [len(indices), D] float32
+    failed: list[tuple[int, str]]  # (index, reason) of files dropped since the last batch
+
+
+def embed_batches(model, paths: Sequence[str], image_size: int, batch_size: int,
+                  parallelism: int | None = None) -> Iterator[Batch]:
+    """Stream features for ``paths`` in order; failed files are reported with their reason.
+
+    The dataset preserves order, so any index skipped between two batches (or after the
+    last) is a file that could not be read or decoded.
+    """
+    forward = compiled_forward(model, image_size)
+    expected = 0
+    for indices, images in image_dataset(paths, image_size, batch_size, parallelism):
+        idx = indices.numpy()
+        features = forward(images).numpy().astype(np.float32, copy=False)
+        present = set(idx.tolist())
+        last = int(idx[-1]) if len(idx) else expected - 1
+        failed = [(i, decode_error(paths[i], image_size)) for i in range(expected, last + 1) if i not in present]
+        expected = last + 1
+        yield Batch(idx, features, failed)
+    if expected < len(paths):
+        failed = [(i, decode_error(paths[i], image_size)) for i in range(expected, len(paths))]
+        yield Batch(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), failed)

@@ -1,0 +1,86 @@
+"""Importing TensorFlow quietly, once, only where it is needed.
+
+TensorFlow takes seconds to import and prints C++ log lines (oneDNN notices, "no CUDA
+drivers") that mean nothing to a user. The CLI must answer ``--help`` instantly, so only
+functions that run a model call :func:`import_tf`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+
+_tf = None
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Silence file descriptor 2 (C++ logging) while TensorFlow loads its libraries."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured by a test harness)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tf():
+    """TensorFlow, imported with its start-up noise silenced; errors still surface."""
+    global _tf
+    if _tf is not None:
+        return _tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with _stderr_silenced():
+        import tensorflow as tf  # noqa: WPS433 - deliberate lazy import
+
+        tf.get_logger().setLevel("ERROR")
+    with contextlib.suppress(Exception):
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    _tf = tf
+    return tf
+
+
+def import_keras():
+    import_tf()
+    import keras
+
+    return keras
+
+
+def gpus_visible() -> bool:
+    return bool(import_tf().config.list_physical_devices("GPU"))
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc(threshold_bytes: int = 256 << 20) -> bool:
+    """Stop glibc from mmap-ing (and page-faulting) fresh activation buffers every batch.
+
+    DESIGN.md measured a third of a core lost to system time at large batches on CPU;
+    raising the mmap and trim thresholds keeps freed buffers in the heap for reuse.
+    Returns whether it took effect (False off glibc). Harmless to call twice.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(min(threshold_bytes, 2**31 - 1)))
+        ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(2 * threshold_bytes, 2**31 - 1)))
+    except (OSError, AttributeError):
+        return False
+    return bool(ok_mmap and ok_trim)
