@@ -65,6 +65,7 @@ class EmbedReport:
     setup_s: float = 0.0  # importing TensorFlow and building the backbone
     embed_s: float = 0.0  # the embedding loop itself
     rate: float = 0.0  # images/s of the embedding loop
+    steady_rate: float = 0.0  # images/s after the first batch (which pays one-off kernel set-up)
 
     @property
     def exit_code(self) -> int:
@@ -172,13 +173,14 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
     """Run the backbone over ``todo`` (key -> path), one durable part file per batch."""
     from tqdm import tqdm
 
-    from .pipeline import embed_batches
+    from .pipeline import compiled_forward, embed_batches
     from .tf_runtime import tune_malloc
 
     setup_started = time.perf_counter()
     tune_malloc()
     log(f"building {describe_architecture(resolved)}")
     model = build_backbone(resolved)
+    forward = compiled_forward(model, resolved.image_size)
     report.setup_s = time.perf_counter() - setup_started
     dim = int(model.output_shape[-1])
     if resolved.config.pooling == "flatten" and dim > FLATTEN_WARN_DIM:
@@ -195,16 +197,20 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
     loop_started = time.perf_counter()
     with tqdm(total=len(keys), desc="embedding", unit="img", disable=not options.progress,
               dynamic_ncols=True, mininterval=0.5) as bar:
-        for batch in embed_batches(model, paths, resolved.image_size, options.batch_size, options.parallelism):
+        for batch in embed_batches(forward, paths, resolved.image_size, options.batch_size, options.parallelism):
             if not checked and len(batch.indices):
                 check_features(batch.features, options.dtype, describe(resolved.fingerprint))
                 checked = True
+                first_done, first_count = time.perf_counter(), len(batch.indices)
             batch_keys = [keys[i] for i in batch.indices]
             failed = {keys[i]: reason for i, reason in batch.failed}
             writer.add_part(batch_keys, batch.features, failed)
             embedded += len(batch_keys)
             bar.update(len(batch_keys) + len(failed))
-    report.embed_s = time.perf_counter() - loop_started
+    loop_done = time.perf_counter()
+    report.embed_s = loop_done - loop_started
+    if checked and embedded > first_count and loop_done > first_done:
+        report.steady_rate = (embedded - first_count) / (loop_done - first_done)
     return embedded
 
 

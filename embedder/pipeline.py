@@ -59,7 +59,8 @@ def image_dataset(
     )
     ds = ds.ignore_errors()
     ds = ds.batch(batch_size)
-    ds = ds.prefetch(prefetch)
+    if prefetch:
+        ds = ds.prefetch(prefetch)
     options = tf.data.Options()
     options.autotune.enabled = False
     options.experimental_optimization.map_parallelization = False
@@ -76,6 +77,7 @@ def compiled_forward(model, image_size: int):
     def forward(images):
         return model(images, training=False)
 
+    forward.get_concrete_function()  # trace now (set-up time), not inside the first batch
     return forward
 
 
@@ -115,14 +117,13 @@ class Batch:
     failed: list[tuple[int, str]]  # (index, reason) of files dropped since the last batch
 
 
-def embed_batches(model, paths: Sequence[str], image_size: int, batch_size: int,
+def embed_batches(forward, paths: Sequence[str], image_size: int, batch_size: int,
                   parallelism: int | None = None) -> Iterator[Batch]:
-    """Stream features for ``paths`` in order; failed files are reported with their reason.
+    """Stream ``forward``'s features for ``paths`` in order, with the failed files' reasons.
 
     The dataset preserves order, so any index skipped between two batches (or after the
     last) is a file that could not be read or decoded.
     """
-    forward = compiled_forward(model, image_size)
     expected = 0
     for indices, images in image_dataset(paths, image_size, batch_size, parallelism):
         idx = indices.numpy()
