@@ -1,0 +1,1 @@
+"""Heads stage: heads trained on cached features, their evaluation, and fine-tuning."""
