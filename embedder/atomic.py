@@ -37,19 +37,25 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def temp_path_for(path: Path) -> Path:
+def temp_path_for(path: Path, keep_suffix: bool = False) -> Path:
+    """``name.tmp-PID``, or ``stem.tmp-PID.ext`` for writers that insist on an extension
+    (Keras wants ``.keras`` / ``.weights.h5``)."""
+    if keep_suffix and path.suffixes:
+        suffixes = "".join(path.suffixes)
+        stem = path.name[: -len(suffixes)]
+        return path.with_name(f"{stem}{TMP_MARKER}{os.getpid()}{suffixes}")
     return path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it atomically becomes ``path``.
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(final)
+    tmp = temp_path_for(final, keep_suffix)
     try:
         yield tmp
         fsync_file(tmp)

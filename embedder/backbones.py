@@ -205,6 +205,45 @@ def _resolve_model_file(config: BackboneConfig) -> ResolvedBackbone:
     return ResolvedBackbone(config, None, config.image_size, fingerprint)
 
 
+def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = None,
+                            weights_source: str | None = None) -> ResolvedBackbone:
+    """Rebuild the config that produced ``fingerprint`` (for fine-tune, predict, export).
+
+    The fingerprint names weights files and model files by hash only; the cache records
+    where they were (``backbone_source``, ``weights_source``). The rebuilt config must
+    resolve to the very same fingerprint, or this raises an error naming both.
+    """
+    from .fingerprint import require_same
+
+    architecture = fingerprint.get("architecture", "")
+    weights_id = str(fingerprint.get("weights", ""))
+    seed = 0
+    if architecture == "keras-model":
+        backbone, weights = backbone_source or "", "imagenet"
+        if not backbone or not Path(backbone).is_file():
+            raise UsageError(f"the backbone model file {backbone or '(unknown)'} is gone; restore it to rebuild the backbone")
+    else:
+        backbone = architecture
+        if weights_id.startswith("imagenet"):
+            weights = "imagenet"
+        elif weights_id.startswith("none:seed="):
+            weights, seed = "none", int(weights_id.split("=", 1)[1])
+        else:
+            weights = weights_source or ""
+            if not weights or not Path(weights).is_file():
+                raise UsageError(
+                    f"the weights file {weights or '(unknown)'} ({weights_id[:19]}…) is gone; restore it to rebuild the backbone")
+    config = BackboneConfig(
+        backbone=backbone, weights=weights, seed=seed,
+        image_size=int(fingerprint.get("input_size") or 0) or None,
+        pooling=fingerprint.get("pooling", "avg"), layer=fingerprint.get("layer") or None,
+        alpha=fingerprint.get("alpha"),
+    )
+    resolved = resolve(config)
+    require_same(resolved.fingerprint, fingerprint, "the backbone rebuilt now", "the one recorded")
+    return resolved
+
+
 # --------------------------------------------------------------------------------------
 # Building (imports TensorFlow/Keras)
 

@@ -92,6 +92,17 @@ class Cache:
             data = h5["embeddings/features"][...]
         return data.astype(dtype, copy=False)
 
+    def read_rows(self, rows: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """Features of some rows, in the order given. Reads everything and indexes in numpy
+        unless the rows are a small fraction (h5py fancy indexing is ~10x slower per row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) * 10 >= self.num_rows:
+            return self.load_features(dtype)[rows]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        with _open_h5(self.path) as h5:
+            block = h5["embeddings/features"][unique]
+        return block[inverse].astype(dtype, copy=False)
+
     def file_features(self, dtype: str = "float32") -> np.ndarray:
         """One feature row per file (``[M, D]``), in the order of :attr:`paths`."""
         return self.load_features(dtype)[self.rows]

@@ -109,7 +109,8 @@ def run_embedding(
         listing.root, resolved, options.dtype, Path(options.cache_dir))
     report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
                          ignored_files=listing.ignored_count)
-    extra_attrs = {"backbone_source": config.backbone, "layout": listing.layout}
+    extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
+                   "layout": listing.layout}
 
     with CacheWriter(cache_path, resolved.fingerprint, options.dtype, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
@@ -157,6 +158,12 @@ def run_embedding(
     report.skipped = [{"path": f.path, "reason": f.reason} for f in failures]
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _source(value: str) -> str:
+    """A backbone/weights argument as later stages can reopen it: files become absolute."""
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.is_file() else value
 
 
 def _hash_listing(listing: Listing, progress: bool) -> list:

@@ -88,3 +88,21 @@ def test_real_weights_give_useful_features(tmp_path, run_cli):
     random = val_accuracy("random", "--weights", "none", dtype="float32")  # float16 would (rightly) be refused
     assert pretrained >= 0.85, pretrained
     assert pretrained - random >= 0.1, (pretrained, random)
+
+
+def test_config_is_rebuilt_from_fingerprint_and_sources(tmp_path):
+    from embedder.backbones import config_from_fingerprint
+    from embedder.errors import CacheError, UsageError
+
+    random = resolve(BackboneConfig("VGG16", weights="none", image_size=48, pooling="max", seed=5)).fingerprint
+    assert config_from_fingerprint(random).fingerprint == random
+
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"pretend weights")
+    from_file = resolve(BackboneConfig("MobileNetV2", weights=str(weights), alpha=0.35)).fingerprint
+    assert config_from_fingerprint(from_file, weights_source=str(weights)).fingerprint == from_file
+    with pytest.raises(UsageError, match="weights file .* is gone"):
+        config_from_fingerprint(from_file, weights_source=str(tmp_path / "moved.h5"))
+    weights.write_bytes(b"other bytes now")  # same path, other content: refused, naming both
+    with pytest.raises(CacheError, match="fingerprint mismatch"):
+        config_from_fingerprint(from_file, weights_source=str(weights))

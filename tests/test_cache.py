@@ -170,3 +170,13 @@ def test_latest_cache(tmp_path):
         write_cache(tmp_path / name, FP, ["a"], np.ones((1, 2)), _records(["a"]), ["x"], tmp_path)
         os.utime(tmp_path / name, ns=(10**18 + i, 10**18 + i))
     assert latest_cache(tmp_path).name == "new.h5"
+
+
+def test_read_rows_returns_rows_in_the_order_asked(tmp_path):
+    path = tmp_path / "c.h5"
+    keys = [f"k{i}" for i in range(50)]
+    feats = np.arange(100, dtype=np.float32).reshape(50, 2)
+    write_cache(path, FP, keys, feats, _records(keys), ["x"], tmp_path, dtype="float32")
+    cache = open_cache(path)
+    for rows in ([7, 3, 3], list(range(49, -1, -1))):  # few rows (fancy read) and all rows
+        np.testing.assert_array_equal(cache.read_rows(np.asarray(rows)), feats[rows])
