@@ -1,0 +1,186 @@
+"""A cache as training data: features once in memory, one labelled row per distinct image.
+
+Heads work on *rows* (distinct content), not files: the same bytes under two paths are one
+example, so they can neither be counted twice nor sit on both sides of the split. A row's
+label is its files' label; when its files disagree (a labelling conflict) the row is
+excluded and reported. Unlabelled rows are kept out of training and evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedder.cache import Cache, open_cache
+from embedder.errors import CacheError, UsageError
+
+from .splits import assign_splits, split_source
+
+
+@dataclass
+class LabelledFeatures:
+    """Everything a head needs from a cache, in memory. Arrays are per row ([N])."""
+
+    cache_path: Path
+    fingerprint: dict
+    classes: list[str]
+    images_root: str
+    features: np.ndarray  # [N, D] float32
+    keys: np.ndarray  # [N] content keys
+    labels: np.ndarray  # [N] class index; -1 unlabelled or excluded
+    splits: np.ndarray  # [N] 'train' | 'val' | 'test'
+    paths: np.ndarray  # [N] one file path per row (relative to images_root), '' if none
+    split_source: str
+    val_fraction: float
+    seed: int
+    conflicts: list[dict] = field(default_factory=list)
+    cache_attrs: dict = field(default_factory=dict)
+    num_files: int = 0
+    _subsets: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Indices of labelled rows, optionally of one split only."""
+        mask = self.labels >= 0
+        if split is not None:
+            mask &= self.splits == split
+        return np.flatnonzero(mask)
+
+    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features, labels, paths) of the labelled rows of one split, gathered once and
+        shared by every head trained on this data (a sweep keeps one copy)."""
+        if split not in self._subsets:
+            rows = self.rows(split)
+            self._subsets[split] = (self.features[rows], self.labels[rows], self.paths[rows])
+        return self._subsets[split]
+
+    def counts(self) -> dict[str, int]:
+        return {s: int(len(self.rows(s))) for s in ("train", "val", "test")}
+
+    def per_class(self) -> dict[str, dict[str, int]]:
+        table = {}
+        for c, name in enumerate(self.classes):
+            mine = self.labels == c
+            table[name] = {s: int(np.sum(mine & (self.splits == s))) for s in ("train", "val", "test")}
+        return table
+
+    def split_record(self) -> dict:
+        """The split as head.json records it: enough for any stage to reproduce it."""
+        return {
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "source": self.split_source,
+            "unit": "content key",
+            "counts": self.counts(),
+            "per_class": self.per_class(),
+            "excluded": {
+                "unlabelled": int(np.sum(self.labels < 0)) - len(self.conflicts),
+                "label_conflicts": len(self.conflicts),
+            },
+        }
+
+
+def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = 0.2, seed: int = 0) -> LabelledFeatures:
+    """Open a cache, read its features once as float32, and resolve rows, labels and splits."""
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    if cache.num_rows == 0 or len(cache.paths) == 0:
+        raise CacheError(f"cache {cache.path} is empty (no embedded images); run `headstart embed run` on a "
+                         f"folder with images")
+    features = cache.load_features("float32")
+    if not np.isfinite(features).all():
+        bad = int(np.sum(~np.isfinite(features).all(axis=1)))
+        raise CacheError(f"cache {cache.path} has {bad} rows with NaN or infinite features; re-embed it")
+
+    n = cache.num_rows
+    labels = np.full(n, -1, dtype=np.int64)
+    paths = np.full(n, "", dtype=object)
+    given = np.full(n, "", dtype=object)
+    priority = {"": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
+    seen_labels: dict[int, set[int]] = {}
+    files_of_row: dict[int, list[int]] = {}
+    for i, (row, label, split) in enumerate(zip(cache.rows, cache.labels, cache.splits)):
+        row = int(row)
+        files_of_row.setdefault(row, []).append(i)
+        if not paths[row]:
+            paths[row] = str(cache.paths[i])
+        if priority.get(str(split), 0) > priority.get(str(given[row]), 0):
+            given[row] = str(split)
+        if label >= 0:
+            seen_labels.setdefault(row, set()).add(int(label))
+    conflicts = []
+    for row, found in seen_labels.items():
+        if len(found) == 1:
+            labels[row] = next(iter(found))
+        else:
+            files = files_of_row[row]
+            conflicts.append({
+                "key": str(cache.keys[row]),
+                "paths": [str(cache.paths[i]) for i in files],
+                "labels": sorted({cache.classes[int(cache.labels[i])] for i in files if cache.labels[i] >= 0}),
+            })
+    splits = assign_splits(cache.keys, labels, given, val_fraction=val_fraction, seed=seed)
+    return LabelledFeatures(
+        cache_path=Path(cache.path),
+        fingerprint=dict(cache.fingerprint),
+        classes=list(cache.classes),
+        images_root=str(cache.images_root),
+        features=features,
+        keys=np.asarray(cache.keys, dtype=object),
+        labels=labels,
+        splits=np.asarray(splits, dtype=object),
+        paths=paths,
+        split_source=split_source(given),
+        val_fraction=float(val_fraction),
+        seed=int(seed),
+        conflicts=conflicts,
+        cache_attrs={k: v for k, v in cache.attrs.items() if not k.startswith("_")},
+        num_files=len(cache.paths),
+    )
+
+
+def conflict_warning(conflicts: list[dict]) -> str:
+    first = conflicts[0]
+    return (f"{len(conflicts)} images have the same bytes under different classes and were left out "
+            f"(e.g. {', '.join(first['paths'][:2])}: {' vs '.join(first['labels'])}); fix their labels")
+
+
+def check_trainable(data: LabelledFeatures) -> list[str]:
+    """Refuse data no head can learn from (exit 2); return warnings for what is merely weak."""
+    where = f"cache {data.cache_path}"
+    if len(data.classes) < 2:
+        raise UsageError(f"{where} has {len(data.classes)} class; a classifier needs at least 2 "
+                         f"(one folder per class under the images root)")
+    if not len(data.rows()):
+        raise UsageError(f"{where} has no labelled images; embed a folder with one sub-folder per class, "
+                         f"or a manifest with labels")
+    warnings = []
+    if data.conflicts:
+        warnings.append(conflict_warning(data.conflicts))
+    table = data.per_class()
+    for name, counts in table.items():
+        total = counts["train"] + counts["val"] + counts["test"]
+        if total == 0:
+            raise UsageError(f"class {name!r} has no labelled images in {where}; add images or remove the class")
+        if counts["train"] == 0:
+            raise UsageError(
+                f"class {name!r} has too few images for the split: none of its {total} landed in the training "
+                f"split ({counts['val']} val, {counts['test']} test); add images"
+                + (" or lower --val-fraction" if data.split_source != "layout" else " to its train folder")
+            )
+    if not len(data.rows("val")):
+        raise UsageError(
+            f"no labelled image is in the validation split of {where}; "
+            + ("raise --val-fraction or add images" if data.split_source != "layout"
+               else "add images to the val/ folders")
+        )
+    missing = [name for name, counts in table.items() if counts["val"] == 0]
+    if missing:
+        warnings.append(f"no validation images for class{'es' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(m) for m in missing)}: its accuracy is not measured")
+    return warnings

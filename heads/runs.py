@@ -1,0 +1,330 @@
+"""Run folders: written crash-safely, read back with checks, listed for the leaderboard.
+
+A run folder holds everything needed to use a head with no other input: the model
+(``model.keras`` for dense heads, ``model.npz`` for scikit-learn heads), ``head.json``
+(classes, fingerprint, params, split, metrics), ``metrics.json`` and the plots.
+
+Crash safety: a run is assembled in a hidden sibling folder (``.NAME.tmp-PID``) and renamed
+into place only once complete, ``head.json`` written last. So a folder named like a run
+either is complete or has no ``head.json``, and :func:`load_run` says which file is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from embedder.atomic import TMP_MARKER, fsync_dir, write_text_atomic
+from embedder.errors import HeadstartError, UsageError
+
+RUN_META = "head.json"
+FORMAT_VERSION = 1
+MODEL_FILES = {"dense": "model.keras", "logreg": "model.npz", "svm": "model.npz", "knn": "model.npz"}
+_REQUIRED_META = ("classes", "fingerprint", "head_type", "feature_dim")
+
+
+class RunError(HeadstartError):
+    """A run folder is missing, incomplete, damaged, or of the wrong kind (exit 2)."""
+
+
+@dataclass
+class Run:
+    """A loaded run folder. The model itself loads on first use."""
+
+    path: Path
+    meta: dict
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "head"))
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.meta["classes"]]
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self.meta["fingerprint"])
+
+    @property
+    def head_type(self) -> str:
+        return str(self.meta.get("head_type", "?"))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.meta["feature_dim"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.meta.get("model_file", MODEL_FILES.get(self.head_type, "model.keras"))
+
+    def _require_head(self, what: str) -> None:
+        if self.kind != "head":
+            raise RunError(f"run {self.path} is a {self.kind} run; {what} needs a head trained on cached features "
+                           f"(`headstart head train`)")
+
+    def keras_head(self):
+        """The dense head as a Keras model: features [D] float32 -> probabilities [C]."""
+        self._require_head("a Keras head")
+        if self.head_type != "dense":
+            raise RunError(f"run {self.path} has a {self.head_type} head (scikit-learn), not a Keras model; "
+                           f"train one with `headstart head train --head dense`")
+        if self._model is None:
+            from embedder.tf_runtime import import_keras
+
+            keras = import_keras()
+            try:
+                self._model = keras.models.load_model(self.model_path, compile=False)
+            except Exception as exc:
+                raise RunError(f"run {self.path} is damaged: {self.model_path.name} cannot be loaded "
+                               f"({type(exc).__name__}: {_first_line(exc)})") from None
+        return self._model
+
+    def numpy_head(self):
+        self._require_head("a scikit-learn head")
+        if self._model is None:
+            from .numpy_heads import ModelFileError, NumpyHead
+
+            try:
+                self._model = NumpyHead.load(self.model_path)
+            except ModelFileError as exc:
+                raise RunError(f"run {self.path} is damaged: {self.model_path.name}: {exc}") from None
+        return self._model
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, C] for pooled features [N, D] of the run's fingerprint."""
+        self._require_head("predicting from cached features")
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise UsageError(f"run {self.path} expects features of {self.feature_dim} values per row, got "
+                             f"shape {list(x.shape)}; were they made by another backbone?")
+        if self.head_type == "dense":
+            from .dense import predict_keras
+
+            return predict_keras(self.keras_head(), x)
+        return self.numpy_head().predict_proba(x)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read and check a run folder; anything missing or damaged is a one-line RunError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"run folder not found: {path}")
+    meta_path = path / RUN_META
+    if not meta_path.is_file():
+        raise RunError(f"run {path} is incomplete: it has no {RUN_META} (written last, so the run never finished); "
+                       f"train it again")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"run {path} is damaged: {RUN_META} is not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise RunError(f"run {path} is damaged: {RUN_META} is not a JSON object")
+    run = Run(path=path, meta=meta)
+    if run.kind != "head":
+        model_file = meta.get("model_file")
+        if model_file and not (path / model_file).exists():
+            raise RunError(f"run {path} is incomplete: {model_file} is missing")
+        return run
+    missing = [key for key in _REQUIRED_META if key not in meta]
+    if missing:
+        raise RunError(f"run {path} is incomplete: {RUN_META} lacks {missing[0]!r}")
+    if run.head_type not in MODEL_FILES:
+        raise RunError(f"run {path} has an unknown head type {run.head_type!r}; a newer headstart may read it")
+    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+        raise RunError(f"run {path} has run format {meta['format_version']}, newer than this headstart "
+                       f"understands ({FORMAT_VERSION}); upgrade headstart")
+    model = run.model_path
+    if not model.is_file():
+        raise RunError(f"run {path} is incomplete: {model.name} is missing")
+    expected = meta.get("model_sha256")
+    if expected and file_sha256(model) != expected:
+        raise RunError(f"run {path} is damaged: {model.name} does not match the checksum in {RUN_META}; "
+                       f"retrain it or restore the file")
+    return run
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------ listing
+
+
+def _run_folders(runs_dir: Path) -> Iterator[tuple[Path, bool]]:
+    """(folder, has head.json) for each candidate run folder, not descending into runs."""
+    for root, dirs, files in os.walk(runs_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and TMP_MARKER not in d)
+        here = Path(root)
+        if here == runs_dir:
+            continue
+        if RUN_META in files:
+            dirs[:] = []
+            yield here, True
+        elif any(not name.startswith(".") for name in files):
+            yield here, False
+
+
+def list_runs(runs_dir: str | os.PathLike = "runs") -> list[tuple[Path, dict]]:
+    """(path, head.json) of every readable run under ``runs_dir`` (any kind), oldest first."""
+    found = []
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    for folder, complete in _run_folders(runs_dir):
+        if not complete:
+            continue
+        try:
+            meta = json.loads((folder / RUN_META).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(meta, dict):
+            found.append((folder, meta))
+    found.sort(key=lambda item: (str(item[1].get("created", "")), str(item[0])))
+    return found
+
+
+def incomplete_runs(runs_dir: str | os.PathLike = "runs") -> list[Path]:
+    """Folders under ``runs_dir`` holding files but no readable head.json."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    readable = {p for p, _ in list_runs(runs_dir)}
+    return [folder for folder, _ in _run_folders(runs_dir) if folder not in readable]
+
+
+def val_accuracy(meta: dict) -> float | None:
+    metrics = meta.get("metrics") or {}
+    value = metrics.get("accuracy", metrics.get("val_accuracy"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def best_run(runs_dir: str | os.PathLike = "runs", head_type: str | None = None, kind: str | None = None) -> Run:
+    """The run with the highest validation accuracy (ties: the newest).
+
+    ``head_type`` restricts to head runs (kind "head") of that type, e.g. the dense head to
+    fine-tune from; with neither filter every run counts, fine-tuned ones included.
+    """
+    candidates = []
+    for path, meta in list_runs(runs_dir):
+        run_kind = str(meta.get("kind", "head"))
+        if kind is not None and run_kind != kind:
+            continue
+        if head_type is not None and (run_kind != "head" or meta.get("head_type") != head_type):
+            continue
+        accuracy = val_accuracy(meta)
+        if accuracy is not None:
+            candidates.append((accuracy, str(meta.get("created", "")), path))
+    if not candidates:
+        what = f"{head_type} head " if head_type else (f"{kind} " if kind else "")
+        raise UsageError(f"no {what}run with a validation accuracy under {runs_dir}/; train one with "
+                         f"`headstart head train`" + (f" --head {head_type}" if head_type else ""))
+    candidates.sort(key=lambda item: (item[0], item[1]))
+    return load_run(candidates[-1][2])
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def timestamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def new_run_path(runs_dir: str | os.PathLike, label: str) -> Path:
+    """``runs_dir/<timestamp>-<label>``, with -2, -3... if that name is taken."""
+    runs_dir = Path(runs_dir)
+    base = runs_dir / f"{timestamp()}-{label}"
+    candidate, n = base, 1
+    while candidate.exists() or any(runs_dir.glob(f".{candidate.name}{TMP_MARKER}*")):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+class RunWriter:
+    """Assemble a run in a hidden temporary folder; :meth:`commit` writes head.json and
+    renames it into place. On an exception the temporary folder is removed.
+
+    >>> with RunWriter(Path("runs/x")) as folder_writer:
+    ...     model.save(folder_writer.folder / "model.keras")
+    ...     folder_writer.commit(meta)
+    """
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final)
+        self.folder = self.final.parent / f".{self.final.name}{TMP_MARKER}{os.getpid()}"
+        self.committed = False
+
+    def __enter__(self) -> "RunWriter":
+        if self.final.exists() and (not self.final.is_dir() or any(self.final.iterdir())):
+            raise UsageError(f"run folder {self.final} already exists; pass another --out or remove it")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.final)
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.folder.mkdir()
+        return self
+
+    def commit(self, meta: dict) -> Path:
+        model_file = meta.get("model_file")
+        if model_file:
+            meta["model_sha256"] = file_sha256(self.folder / model_file)
+        write_text_atomic(self.folder / RUN_META, json.dumps(meta, indent=2, default=_json_default) + "\n")
+        fsync_dir(self.folder)
+        if self.final.is_dir():
+            self.final.rmdir()  # an empty folder the user made for us
+        os.rename(self.folder, self.final)
+        fsync_dir(self.final.parent)
+        self.committed = True
+        return self.final
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed and self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _remove_stale(final: Path) -> None:
+    """Delete temporary folders that killed writers of this same run name left behind."""
+    for entry in final.parent.glob(f".{final.name}{TMP_MARKER}*"):
+        pid = entry.name.rsplit(TMP_MARKER, 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,293 @@
+"""``head train`` and ``head eval``: cache -> fitted head -> evaluated run folder, and back.
+
+:func:`train_head` loads a cache once and hands the in-memory data to :func:`train_on`,
+which :mod:`heads.sweep` also calls for every setting of a sweep. Only training rows reach
+the fitting code; the validation rows are used for early stopping (dense) and evaluation,
+test rows (when the layout has them) for a final, untouched evaluation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from embedder.cache import latest_cache, library_versions, open_cache
+from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from embedder.fingerprint import describe, require_same
+
+from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled
+from .evaluate import compute_metrics, summarize, write_evaluation
+from .params import HeadParams
+from .runs import FORMAT_VERSION, RunWriter, load_run, new_run_path, timestamp
+from .standardize import Standardizer
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class TrainReport:
+    run: str
+    head_type: str
+    params: dict
+    metrics: dict  # validation summary: accuracy, macro_f1, log_loss, top_k_accuracy, n
+    per_class: dict
+    split: dict
+    classes: list
+    cache: str
+    fingerprint_text: str
+    train_seconds: float
+    total_seconds: float
+    load_seconds: float = 0.0
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    stopped_early: bool | None = None
+    test_metrics: dict | None = None
+    warnings: list = field(default_factory=list)
+    exit_code: int = EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache", log: Log = _quiet) -> Path:
+    """The cache to use: the one given, else the newest under ``cache_dir`` (and say so)."""
+    if cache is not None:
+        return Path(cache)
+    path = latest_cache(cache_dir)
+    log(f"using cache {path} (the newest under {cache_dir}/)")
+    return path
+
+
+def train_head(
+    params: HeadParams,
+    cache: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    cache_dir: str | os.PathLike = "cache",
+    log: Log = _quiet,
+    progress: bool = False,
+) -> TrainReport:
+    """Train one head on a cache and write its run folder (default: runs/<timestamp>-<head>)."""
+    started = time.perf_counter()
+    cache_path = resolve_cache(cache, cache_dir, log)
+    data = load_labelled(cache_path, params.val_fraction, params.seed)
+    loaded = time.perf_counter()
+    out = Path(out) if out is not None else new_run_path(runs_dir, params.head_type)
+    report = train_on(data, params, out, log=log, progress=progress)
+    report.load_seconds = loaded - started
+    report.total_seconds = time.perf_counter() - started
+    return report
+
+
+def class_weights_for(y_train: np.ndarray, num_classes: int) -> np.ndarray:
+    """'balanced': n / (C * n_c), as scikit-learn and Keras users know it."""
+    counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
+    return np.where(counts > 0, len(y_train) / (num_classes * np.maximum(counts, 1)), 0.0)
+
+
+def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _quiet,
+             progress: bool = False) -> TrainReport:
+    """Fit ``params`` on ``data``'s training rows, evaluate, and write the run folder ``out``."""
+    started = time.perf_counter()
+    warnings = check_trainable(data)
+    if "val_fraction" in params.given and data.split_source == "layout":
+        warnings.append(f"--val-fraction {params.val_fraction:g} was not used: the cache's layout gives the "
+                        f"validation split")
+    x_train, y_train, _ = data.subset("train")
+    x_val, y_val, val_paths = data.subset("val")
+    x_test, y_test, test_paths = data.subset("test")
+    num_classes = len(data.classes)
+    standardizer = Standardizer.fit(x_train) if params.standardize else None
+    weights = class_weights_for(y_train, num_classes) if params.class_weight == "balanced" else None
+
+    # Library imports take seconds once per process; they are not the head's training time.
+    if params.head_type == "dense":
+        from embedder.tf_runtime import import_tf
+
+        import_tf()
+    else:
+        from .classic import preload
+
+        preload()
+    fit_started = time.perf_counter()
+    if params.head_type == "dense":
+        from .dense import train_dense
+
+        with _epoch_bar(params, progress) as on_epoch:
+            fit = train_dense(x_train, y_train, x_val, y_val, num_classes, params, weights, standardizer, on_epoch)
+        params.batch_size = fit.batch_size
+    else:
+        from .classic import fit_classic
+
+        fit = fit_classic(x_train, y_train, num_classes, params, standardizer)
+    train_seconds = time.perf_counter() - fit_started
+    warnings.extend(fit.warnings)
+
+    proba_val = fit.predict_proba(x_val)
+    test_metrics = None
+    if len(y_test):
+        test_metrics = compute_metrics(y_test, fit.predict_proba(x_test), data.classes)
+    with RunWriter(out) as writer:
+        metrics = write_evaluation(
+            writer.folder, y_val, proba_val, data.classes, list(val_paths), history=fit.history,
+            best_epoch=fit.best_epoch, extra={"split": "val", **({"test": test_metrics} if test_metrics else {})},
+        )
+        model_file = fit.save(writer.folder)
+        summary = summarize(metrics)
+        if test_metrics:
+            summary["test"] = summarize(test_metrics)
+        meta = {
+            "kind": "head",
+            "format_version": FORMAT_VERSION,
+            "head_type": params.head_type,
+            "classes": list(data.classes),
+            "fingerprint": data.fingerprint,
+            "cache": {
+                "path": str(Path(data.cache_path).resolve()),
+                "images_root": data.images_root,
+                "content_digest": data.cache_attrs.get("content_digest"),
+                "rows": int(len(data.keys)),
+                "files": int(data.num_files),
+            },
+            "feature_dim": data.dim,
+            "params": params.to_record(),
+            "split": data.split_record(),
+            "metrics": summary,
+            "best_epoch": getattr(fit, "best_epoch", None),
+            "epochs_run": getattr(fit, "epochs_run", None),
+            "stopped_early": getattr(fit, "stopped_early", None),
+            "fit_info": getattr(fit, "info", {}),
+            "train_seconds": round(train_seconds, 4),
+            "model_file": model_file,
+            "warnings": warnings,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": library_versions(),
+        }
+        sources = {"backbone": data.cache_attrs.get("backbone_source"),
+                   "weights": data.cache_attrs.get("weights_source")}
+        if any(sources.values()):
+            meta["backbone_sources"] = sources
+        final = writer.commit(meta)
+    return TrainReport(
+        run=str(final), head_type=params.head_type, params=meta["params"], metrics=summary,
+        per_class=metrics.get("per_class", {}), split=meta["split"], classes=list(data.classes),
+        cache=str(data.cache_path), fingerprint_text=describe(data.fingerprint), train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started, best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
+        stopped_early=meta["stopped_early"], test_metrics=summary.get("test"), warnings=warnings,
+        # Images left out of training (labelling conflicts) need a look, like skipped images do.
+        exit_code=EXIT_ATTENTION if data.conflicts else EXIT_OK,
+    )
+
+
+class _epoch_bar:
+    """A tqdm bar over epochs on stderr (a no-op when not wanted)."""
+
+    def __init__(self, params: HeadParams, enabled: bool):
+        self.params, self.enabled, self.bar = params, enabled, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=int(self.params.epochs), desc="dense head", unit="epoch", file=sys.stderr,
+                        leave=False, dynamic_ncols=True, disable=None)  # None: only on a terminal
+
+        def on_epoch(epoch: int, logs: dict) -> None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}", val_loss=f"{logs['val_loss']:.3f}",
+                                 val_acc=f"{logs['val_accuracy']:.3f}", refresh=False)
+
+        return on_epoch
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalReport:
+    run: str
+    cache: str
+    split: str
+    out: str
+    metrics: dict
+    per_class: dict
+    recorded: dict  # the run's own head.json metrics, for comparison
+    warnings: list = field(default_factory=list)
+    exit_code: int = EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EVAL_SPLITS = ("auto", "all", "train", "val", "test")
+
+
+def evaluate_run(
+    run_path: str | os.PathLike,
+    cache: str | os.PathLike | None = None,
+    split: str = "auto",
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike = "cache",
+    log: Log = _quiet,
+) -> EvalReport:
+    """Re-evaluate a saved head on a cache of the same fingerprint.
+
+    ``split="auto"``: on the run's own cache, its validation rows (the same split,
+    reproduced from the recorded seed and fraction); on any other cache, every labelled row.
+    """
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    run = load_run(run_path)
+    if run.kind != "head":
+        raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
+                         f"(use `headstart predict` on images)")
+    recorded_cache = (run.meta.get("cache") or {}).get("path")
+    if cache is None and recorded_cache and Path(recorded_cache).is_file():
+        cache_path = Path(recorded_cache)
+        log(f"using cache {cache_path} (the one the head was trained on)")
+    else:
+        cache_path = resolve_cache(cache, cache_dir, log)
+    opened = open_cache(cache_path)
+    require_same(opened.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")
+    split_info = run.meta.get("split") or {}
+    data = load_labelled(opened, split_info.get("val_fraction", 0.2), split_info.get("seed", 0))
+    same_cache = bool(recorded_cache) and Path(recorded_cache).resolve() == Path(cache_path).resolve()
+    chosen = ("val" if same_cache else "all") if split == "auto" else split
+    rows = data.rows() if chosen == "all" else data.rows(chosen)
+    warnings = [conflict_warning(data.conflicts)] if data.conflicts else []
+    known = {name: i for i, name in enumerate(run.classes)}
+    mapping = np.asarray([known.get(name, -1) for name in data.classes], dtype=np.int64)
+    y = mapping[data.labels[rows]] if len(rows) else np.zeros(0, dtype=np.int64)
+    unknown = y < 0
+    if unknown.any():
+        names = sorted({data.classes[i] for i in data.labels[rows][unknown]})
+        warnings.append(f"{int(unknown.sum())} images of classes the head does not know ({', '.join(names)}) "
+                        f"were left out")
+        rows, y = rows[~unknown], y[~unknown]
+    if not len(rows):
+        raise UsageError(f"no labelled images of the head's classes in the {chosen!r} split of {cache_path}; "
+                         f"nothing to evaluate")
+    proba = run.predict_proba(data.features[rows])
+    out = Path(out) if out is not None else run.path / "evals" / f"{timestamp()}-{Path(cache_path).stem}-{chosen}"
+    metrics = write_evaluation(out, y, proba, run.classes, list(data.paths[rows]),
+                               extra={"split": chosen, "run": str(run.path), "cache": str(cache_path)})
+    return EvalReport(run=str(run.path), cache=str(cache_path), split=chosen, out=str(out),
+                      metrics=summarize(metrics), per_class=metrics.get("per_class", {}),
+                      recorded=dict(run.meta.get("metrics") or {}), warnings=warnings,
+                      exit_code=EXIT_ATTENTION if data.conflicts else EXIT_OK)
