@@ -175,16 +175,320 @@ def embed_backbones(as_json: bool = typer.Option(False, "--json", help="Print as
 # ----------------------------------------------------------------------------- head
 
 
+_HEAD_HELP = {
+    "cache": "Cache file; default: the newest under ./cache/ (named on stderr).",
+    "head": "dense (Keras), logreg, svm (linear, calibrated probabilities) or knn (cosine).",
+    "epochs": "dense: most epochs [50]; early stopping may end sooner.",
+    "batch_size": "dense: rows per step [the smallest of 32..1024 giving <= 16 steps an epoch].",
+    "lr": "dense: Adam learning rate [1e-3].",
+    "hidden": "dense: hidden layer widths, repeatable or 512,256 [1024]; 0 = linear.",
+    "dropout": "dense: dropout after each hidden layer [0.5].",
+    "l2": "dense: L2 penalty on the kernels [0].",
+    "label_smoothing": "dense: label smoothing of the cross-entropy [0].",
+    "patience": "dense: epochs without val-loss improvement before stopping; the best epoch's weights are kept "
+                "[10]; 0 = no early stopping.",
+    "class_weight": "none or balanced (weights n/(C*n_c) in the training loss) [none]; not knn.",
+    "standardize": "Standardise features with training-row statistics (stored with the head) [off].",
+    "C": "logreg/svm: inverse regularisation strength [logreg 1.0, svm 0.01].",
+    "max_iter": "logreg/svm: solver iterations [1000].",
+    "k": "knn: neighbours [min(10, training images)].",
+    "val_fraction": "Share of images held out for validation when the layout gives no val split [0.2].",
+    "seed": "Seed for the split, initialisation, shuffling and dropout [0].",
+}
+
+
 @head_app.command("train")
-def head_train() -> None:
-    """Train a head on a cache (not yet available)."""
-    raise HeadstartError("`headstart head train` is not yet available in this version")
+def head_train(
+    cache: Optional[Path] = typer.Option(None, help=_HEAD_HELP["cache"]),
+    head: str = typer.Option("dense", "--head", help=_HEAD_HELP["head"]),
+    epochs: Optional[int] = typer.Option(None, help=_HEAD_HELP["epochs"]),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_HEAD_HELP["batch_size"]),
+    lr: Optional[float] = typer.Option(None, "--lr", help=_HEAD_HELP["lr"]),
+    hidden: Optional[List[str]] = typer.Option(None, "--hidden", help=_HEAD_HELP["hidden"]),
+    dropout: Optional[float] = typer.Option(None, help=_HEAD_HELP["dropout"]),
+    l2: Optional[float] = typer.Option(None, "--l2", help=_HEAD_HELP["l2"]),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help=_HEAD_HELP["label_smoothing"]),
+    patience: Optional[int] = typer.Option(None, help=_HEAD_HELP["patience"]),
+    class_weight: Optional[str] = typer.Option(None, "--class-weight", help=_HEAD_HELP["class_weight"]),
+    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize", help=_HEAD_HELP["standardize"]),
+    c: Optional[float] = typer.Option(None, "--C", help=_HEAD_HELP["C"]),
+    max_iter: Optional[int] = typer.Option(None, "--max-iter", help=_HEAD_HELP["max_iter"]),
+    k: Optional[int] = typer.Option(None, "--k", help=_HEAD_HELP["k"]),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
+    seed: Optional[int] = typer.Option(None, help=_HEAD_HELP["seed"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default: runs/<timestamp>-<head>."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where default run folders go."),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where to look for the newest cache."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only problems."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Train one head on a cache; write runs/<name>/ (model, head.json, metrics, plots).
+
+    Exit 1 when images had to be left out (same bytes under two classes).
+    """
+    from heads.params import make_params
+    from heads.train import train_head
+
+    params = make_params(head, epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden or None, dropout=dropout,
+                         l2=l2, label_smoothing=label_smoothing, patience=patience, class_weight=class_weight,
+                         standardize=standardize, C=c, max_iter=max_iter, k=k, val_fraction=val_fraction, seed=seed)
+    report = train_head(params, cache=cache, out=out, runs_dir=runs_dir, cache_dir=cache_dir,
+                        log=(lambda m: None) if (quiet or as_json) else _err, progress=not quiet and not as_json)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _print_train_report(report, quiet)
+    raise typer.Exit(report.exit_code)
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_train_report(report, quiet: bool) -> None:
+    if not quiet:
+        from heads.params import describe_params
+
+        counts = report.split["counts"]
+        m = report.metrics
+        epochs = ""
+        if report.best_epoch is not None:
+            epochs = (f", kept epoch {report.best_epoch} of {report.epochs_run}"
+                      + (" (early stop)" if report.stopped_early else ""))
+        typer.echo(f"run:    {report.run}")
+        typer.echo(f"head:   {report.head_type} {describe_params(report.params)}{epochs}")
+        test = f" / {counts['test']:,} test" if counts.get("test") else ""
+        typer.echo(f"data:   {counts['train']:,} train / {counts['val']:,} val{test} images, "
+                   f"{len(report.classes)} classes (split: {report.split['source']}); {report.cache}")
+        top = "".join(f"  top-{k} {v:.4f}" for k, v in (m.get("top_k_accuracy") or {}).items())
+        typer.echo(f"val:    accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "
+                   f"log-loss {_fmt(m.get('log_loss'))}{top}")
+        if report.test_metrics:
+            t = report.test_metrics
+            typer.echo(f"test:   accuracy {_fmt(t.get('accuracy'))}  macro-F1 {_fmt(t.get('macro_f1'))}  "
+                       f"log-loss {_fmt(t.get('log_loss'))}")
+        weakest = sorted(((v["recall"], name) for name, v in report.per_class.items() if v["support"]))[:3]
+        if weakest and weakest[0][0] < 1.0:
+            typer.echo("weakest: " + ", ".join(f"{name} (recall {r:.2f})" for r, name in weakest))
+        typer.echo(f"time:   trained in {report.train_seconds:.1f} s (load {report.load_seconds:.1f} s, "
+                   f"total {report.total_seconds:.1f} s)")
+    for warning in report.warnings:
+        _err(f"warning: {warning}")
+
+
+@head_app.command("eval")
+def head_eval(
+    run: Path = typer.Argument(..., help="A head run folder."),
+    cache: Optional[Path] = typer.Option(None, help="Cache of the same backbone fingerprint; default: the run's own "
+                                                    "cache, else the newest under ./cache/."),
+    split: str = typer.Option("auto", help="auto (the run's val split on its own cache, every labelled image on "
+                                           "another), all, train, val or test."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots; "
+                                                          "default: RUN/evals/<timestamp>-<cache>-<split>/."),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where to look for the newest cache."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Re-evaluate a saved head on a cache of the same fingerprint: its own, or a new labelled set."""
+    from heads.train import evaluate_run
+
+    report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir,
+                          log=(lambda m: None) if (quiet or as_json) else _err)
+    if as_json:
+        _emit_json(report.to_dict())
+    elif not quiet:
+        m, r = report.metrics, report.recorded
+        typer.echo(f"run {report.run} on {report.cache} ({report.split}, {m['n']:,} images)")
+        typer.echo(f"accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "
+                   f"log-loss {_fmt(m.get('log_loss'))}   (recorded at training: accuracy {_fmt(r.get('accuracy'))})")
+        typer.echo(f"wrote {report.out}/")
+    for warning in report.warnings:
+        _err(f"warning: {warning}")
+    raise typer.Exit(report.exit_code)
+
+
+@head_app.command("list")
+def head_list(
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
+    sort: str = typer.Option("accuracy", help="accuracy, f1, loss, time, created or name."),
+    limit: Optional[int] = typer.Option(None, help="Show only the first N."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Leaderboard of the runs under ./runs/: head, key parameters, val accuracy, macro-F1, time."""
+    from heads.leaderboard import format_table, leaderboard_rows, sort_rows
+    from heads.runs import incomplete_runs, list_runs
+
+    rows = sort_rows(leaderboard_rows(list_runs(runs_dir), base=runs_dir), sort)
+    if limit is not None:
+        rows = rows[: max(limit, 0)]
+    unfinished = [str(p) for p in incomplete_runs(runs_dir)]
+    if as_json:
+        _emit_json({"runs": rows, "incomplete": unfinished})
+        return
+    if not rows:
+        typer.echo(f"no runs under {runs_dir}/; train one with `headstart head train`")
+    else:
+        for line in format_table(rows):
+            typer.echo(line)
+    if unfinished:
+        _err(f"{len(unfinished)} incomplete run folders (no head.json) not listed, e.g. {unfinished[0]}")
+
+
+@head_app.command("sweep")
+def head_sweep(
+    head: str = typer.Option("dense", "--head", help="Comma-separated heads, e.g. dense,logreg,svm,knn."),
+    epochs: Optional[str] = typer.Option(None, help="Comma-separated alternatives, as every option below."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size"),
+    lr: Optional[str] = typer.Option(None, "--lr", help="e.g. 1e-3,3e-4"),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help="e.g. 1024,512x256,0 (x joins layers of one head)."),
+    dropout: Optional[str] = typer.Option(None),
+    l2: Optional[str] = typer.Option(None, "--l2"),
+    label_smoothing: Optional[str] = typer.Option(None, "--label-smoothing"),
+    patience: Optional[str] = typer.Option(None),
+    class_weight: Optional[str] = typer.Option(None, "--class-weight", help="e.g. none,balanced"),
+    standardize: Optional[str] = typer.Option(None, "--standardize", help="e.g. on,off"),
+    c: Optional[str] = typer.Option(None, "--C", help="e.g. 0.1,1,10"),
+    max_iter: Optional[str] = typer.Option(None, "--max-iter"),
+    k: Optional[str] = typer.Option(None, "--k", help="e.g. 5,10,20"),
+    seed: Optional[str] = typer.Option(None, help="e.g. 0,1,2 (the split always uses the first)."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
+    cache: Optional[Path] = typer.Option(None, help=_HEAD_HELP["cache"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the sweep's runs; default: runs/<timestamp>-sweep."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir"),
+    sort: str = typer.Option("accuracy", help="Leaderboard order: accuracy, f1, loss, time, created or name."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Train several heads/settings on one in-memory copy of the features; print the leaderboard."""
+    from heads.leaderboard import format_table
+    from heads.sweep import parse_grid, run_sweep
+
+    grid = parse_grid({"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden": hidden,
+                       "dropout": dropout, "l2": l2, "label_smoothing": label_smoothing, "patience": patience,
+                       "class_weight": class_weight, "standardize": standardize, "C": c, "max_iter": max_iter,
+                       "k": k, "seed": seed})
+    report = run_sweep(grid, cache=cache, out=out, runs_dir=runs_dir, val_fraction=val_fraction, cache_dir=cache_dir,
+                       log=(lambda m: None) if (quiet or as_json) else _err, progress=False, sort=sort)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        if not quiet:
+            for line in format_table(report.leaderboard):
+                typer.echo(line)
+            typer.echo(f"{len(report.runs)} runs in {report.out}/ ({report.total_seconds:.1f} s)")
+        for warning in report.warnings:
+            _err(f"warning: {warning}")
+    raise typer.Exit(report.exit_code)
+
+
+# ------------------------------------------------------------------------- finetune
 
 
 @app.command("finetune")
-def finetune() -> None:
-    """Fine-tune backbone + head end to end on the images (not yet available)."""
-    raise HeadstartError("`headstart finetune` is not yet available in this version")
+def finetune(
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Head run to start from; default: the best dense run under ./runs/."),
+    unfreeze: int = typer.Option(4, help="Make the top N backbone layers that own weights trainable. A 'layer' is a "
+                                         "Keras layer with weights (Conv2D, DepthwiseConv2D, Dense...); "
+                                         "BatchNormalization layers never count: they stay frozen and in inference "
+                                         "mode. N larger than the backbone has is clamped, with a warning."),
+    epochs: int = typer.Option(10, help="Most epochs; early stopping on validation loss restores the best."),
+    lr: float = typer.Option(1e-5, help="Learning rate (Adam); keep it small."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, small rotation/zoom/contrast."),
+    images: Optional[Path] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
+    cache: Optional[Path] = typer.Option(None, help="The cache the head was trained on, if it moved."),
+    out: Optional[Path] = typer.Option(None, help="Run folder; default: runs/<timestamp>-finetune."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
+    seed: int = typer.Option(0),
+    patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune (the one in --out, "
+                                                         "or the newest unfinished one)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Fine-tune backbone + head end to end on the images, warm-started from a dense head."""
+    from heads.finetune import FinetuneOptions, finetune as run_finetune
+
+    options = FinetuneOptions(from_run=from_run, runs_dir=runs_dir, unfreeze=unfreeze, epochs=epochs, lr=lr,
+                              batch_size=batch_size, augment=augment, images=images, cache=cache, out=out, seed=seed,
+                              patience=patience, resume=resume, progress=not quiet and not as_json)
+    report = run_finetune(options, log=(lambda m: None) if (quiet or as_json) else _err)
+    if as_json:
+        _emit_json(report.to_dict())
+        return
+    for warning in report.warnings:
+        _err(f"warning: {warning}")
+    if quiet:
+        return
+    before = report.head_metrics.get("accuracy")
+    after = report.metrics.get("accuracy")
+    change = f" (head alone: {before:.4f})" if isinstance(before, (int, float)) else ""
+    typer.echo(f"fine-tuned {report.run_dir} from {report.from_run}: {report.epochs_run} epochs, best {report.best_epoch}, "
+               f"{report.seconds_per_epoch:.1f} s/epoch")
+    if isinstance(after, (int, float)):
+        typer.echo(f"val accuracy {after:.4f}{change} on {report.val_images} images; "
+                   f"macro-F1 {report.metrics.get('macro_f1', float('nan')):.4f}")
+
+
+# -------------------------------------------------------------------- predict, export
+
+
+@app.command("predict")
+def predict(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Head or fine-tuned run; default: the best run under ./runs/."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    fmt: str = typer.Option("csv", "--format", help="csv or json."),
+    top_k: int = typer.Option(3, "--top-k", help="How many classes to list per image."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    cache: List[Path] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Class probabilities for images: path, top-1 label, its probability, the top-k."""
+    from heads.inference import PredictOptions, predict_images, write_predictions
+    from heads.runs import best_run, load_run
+
+    chosen = load_run(run) if run else best_run(runs_dir)
+    if run is None and not quiet:
+        _err(f"using run {chosen.path} (the best by val accuracy under {runs_dir}/)")
+    options = PredictOptions(top_k=top_k, batch_size=batch_size, caches=cache, use_cache=not no_cache,
+                             progress=not quiet)
+    report = predict_images(inputs, chosen, options, log=(lambda m: None) if quiet else _err)
+    text = write_predictions(report, out, fmt)
+    if text is not None:
+        typer.echo(text, nl=False)
+    if report.skipped:
+        _err(f"skipped {len(report.skipped)} files:")
+        for item in report.skipped[:20]:
+            _err(f"  {item['path']}: {item['reason']}")
+    if not quiet:
+        _err(f"predicted {len(report.predictions)} images in {report.elapsed_s:.1f} s "
+             f"({report.from_cache} from the cache, {report.through_backbone} through the backbone)")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="Head (dense) or fine-tuned run folder."),
+    fmt: str = typer.Option("keras", "--format", help="keras, savedmodel or tflite."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the model, labels.txt and export.json into."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """One self-contained model on raw RGB pixels [0, 255] -> class probabilities, plus labels.txt."""
+    from heads.export import FORMATS, export_run
+    from heads.runs import load_run
+
+    if fmt not in FORMATS:
+        raise HeadstartError(f"unsupported export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    info = export_run(load_run(run), fmt, out)
+    if as_json:
+        _emit_json(info)
+    else:
+        typer.echo(f"exported {info['artifact']} ({fmt}; input {info['input']['shape']} RGB 0-255; "
+                   f"{len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
 
 
 # ----------------------------------------------------------------------------- main

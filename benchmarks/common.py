@@ -42,6 +42,23 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions}
 
 
+def matmul_peak_gflops(n: int = 2048, seconds: float = 3.0) -> float:
+    """The machine's float32 matrix-multiply rate with numpy's BLAS: the ceiling any dense
+    layer can reach here (2*n^3 flops per product)."""
+    import time
+
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        done += 1
+    return 2.0 * n**3 * done / (time.perf_counter() - start) / 1e9
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

@@ -16,7 +16,7 @@ _tf = None
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def quiet_stderr():
     """Silence file descriptor 2 (C++ logging) while TensorFlow loads its libraries."""
     try:
         sys.stderr.flush()
@@ -41,7 +41,7 @@ def import_tf():
         return _tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    with _stderr_silenced():
+    with quiet_stderr():
         import tensorflow as tf  # noqa: WPS433 - deliberate lazy import
 
         tf.get_logger().setLevel("ERROR")

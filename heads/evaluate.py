@@ -21,6 +21,8 @@ import numpy as np
 
 from embedder.atomic import write_text_atomic
 
+from .runs import json_default
+
 TOP_K = (3, 5)
 _EPS = 1e-15
 
@@ -119,7 +121,7 @@ def write_evaluation(
         metrics["best_epoch"] = best_epoch
     if extra:
         metrics.update(dict(extra))
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=json_default) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "true", "predicted", "confidence"], lineterminator="\n")
     writer.writeheader()
@@ -137,12 +139,3 @@ def _confusion_title(metrics: Mapping[str, Any]) -> str:
         return "no labelled examples"
     return f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} (n={metrics['n']})"
 
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -287,7 +287,7 @@ class RunWriter:
         model_file = meta.get("model_file")
         if model_file:
             meta["model_sha256"] = file_sha256(self.folder / model_file)
-        write_text_atomic(self.folder / RUN_META, json.dumps(meta, indent=2, default=_json_default) + "\n")
+        write_text_atomic(self.folder / RUN_META, json.dumps(meta, indent=2, default=json_default) + "\n")
         fsync_dir(self.folder)
         if self.final.is_dir():
             self.final.rmdir()  # an empty folder the user made for us
@@ -320,7 +320,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _json_default(value):
+def json_default(value):
+    """numpy scalars/arrays and paths, as JSON (for head.json and metrics.json)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

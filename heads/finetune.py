@@ -1,0 +1,523 @@
+"""`headstart finetune`: warm-start the full network from a trained dense head, then train
+the top of the backbone end to end on the images.
+
+Following the keras.io transfer-learning guide:
+  * **warm start** — the head is already trained on this backbone's features, so the first
+    epochs refine the features instead of wrecking them with a random head's gradients.
+    Before any step, the rebuilt backbone + head must reproduce the head's predictions on
+    cached features (else the fingerprint is not honoured and we stop);
+  * ``trainable`` vs ``training`` — the top N layers that own weights become trainable,
+    everything below stays frozen, and BatchNormalization layers stay frozen *and* in
+    inference mode (the backbone is called with ``training=False``), so their statistics
+    are never updated by small fine-tuning batches;
+  * a small learning rate (default 1e-5).
+
+The split is exactly the head run's (same function, same seed): validation images are
+never trained on. Every epoch is checkpointed crash-safely; ``--resume`` continues a killed
+fine-tune from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from embedder.atomic import atomic_path, write_text_atomic
+from embedder.cache import library_versions, open_cache
+from embedder.errors import BackboneError, UsageError
+from embedder.fingerprint import require_same
+from embedder.hashing import hash_files
+
+from .full_model import FULL_MODEL_FILE, backbone_sources, compose, is_finetuned, require_keras_head, resolve_backbone
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+WARM_START_TOLERANCE = 0.02
+PREPROCESS_PREFIX = "headstart_preprocess"
+
+
+@dataclass
+class FinetuneOptions:
+    from_run: Path | None = None  # default: the best dense run under runs_dir
+    runs_dir: Path = Path("runs")
+    unfreeze: int = 4
+    epochs: int = 10
+    lr: float = 1e-5
+    batch_size: int = 16
+    augment: bool = True
+    images: Path | None = None  # where the images are now, if they moved since embedding
+    cache: Path | None = None  # default: the cache the head was trained on
+    out: Path | None = None
+    seed: int = 0
+    patience: int = 3
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class FinetuneReport:
+    run_dir: str
+    from_run: str
+    unfrozen_layers: list[str] = field(default_factory=list)
+    unfreeze_requested: int = 0
+    unfreeze_clamped: bool = False
+    warm_start: dict = field(default_factory=dict)
+    train_images: int = 0
+    val_images: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    epochs_run: int = 0
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    head_metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    seconds_per_epoch: float = 0.0
+    elapsed_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+def _leaf_layers(layer) -> list:
+    """All leaf layers under ``layer``, in the order the network applies them."""
+    children = getattr(layer, "layers", None)
+    if not children:
+        return [layer]
+    leaves = []
+    for child in children:
+        leaves.extend(_leaf_layers(child))
+    return leaves
+
+
+def weight_layers(backbone) -> list:
+    """Layers that count for ``--unfreeze``: leaf layers that own weights, bottom to top.
+
+    BatchNormalization layers never count (they stay frozen and in inference mode), nor do
+    the fixed preprocessing layers headstart puts in front of the backbone.
+    """
+    from embedder.tf_runtime import import_keras
+
+    keras = import_keras()
+    chosen = []
+    for layer in _leaf_layers(backbone):
+        if isinstance(layer, keras.layers.BatchNormalization) or layer.name.startswith(PREPROCESS_PREFIX):
+            continue
+        if layer.weights:
+            chosen.append(layer)
+    return chosen
+
+
+def unfreeze_top(backbone, n: int) -> tuple[list[str], bool]:
+    """Make exactly the top ``n`` weight layers trainable (clamped to how many exist)."""
+    layers = weight_layers(backbone)
+    clamped = n > len(layers)
+    n = min(n, len(layers))
+    top = set(id(l) for l in layers[len(layers) - n:]) if n else set()
+    backbone.trainable = True  # containers trainable; leaves decide below
+    for layer in _leaf_layers(backbone):
+        layer.trainable = id(layer) in top
+    return [l.name for l in layers[len(layers) - n:]], clamped
+
+
+# -------------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Examples:
+    paths: list[str]
+    labels: np.ndarray
+    keys: list[str]
+    rows: np.ndarray  # cache rows, for the warm-start check
+
+
+def _select_examples(cache, run, images_root: Path, report: FinetuneReport) -> tuple[_Examples, _Examples]:
+    """The run's own split of the cache's labelled files, one file per distinct content."""
+    from .splits import assign_splits
+
+    if list(cache.classes) != list(run.classes):
+        raise UsageError(
+            f"the cache's classes {cache.classes} differ from the run's {run.classes}; use the cache the head was trained on")
+    split_info = run.meta.get("split") or {}
+    file_keys = cache.keys[cache.rows]
+    splits = assign_splits(file_keys, cache.labels, cache.splits,
+                           val_fraction=split_info.get("val_fraction", run.meta.get("params", {}).get("val_fraction", 0.2)),
+                           seed=split_info.get("seed", run.meta.get("params", {}).get("seed", 0)))
+    labels_of_key: dict[str, set[int]] = {}
+    for key, label in zip(file_keys, cache.labels):
+        if label >= 0:
+            labels_of_key.setdefault(str(key), set()).add(int(label))
+    chosen: dict[str, int] = {}
+    for i, (key, label) in enumerate(zip(file_keys, cache.labels)):
+        key = str(key)
+        if label < 0 or len(labels_of_key[key]) > 1 or key in chosen:
+            continue
+        chosen[key] = i
+    order = list(chosen.values())
+    full_paths = [images_root / str(cache.paths[i]) for i in order]
+    now_keys = hash_files(full_paths)
+    keep = []
+    for i, path, now in zip(order, full_paths, now_keys):
+        if isinstance(now, OSError):
+            report.skipped.append({"path": str(cache.paths[i]), "reason": "missing or unreadable now"})
+        elif now != str(file_keys[i]):
+            report.skipped.append({"path": str(cache.paths[i]), "reason": "changed since it was embedded"})
+        else:
+            keep.append(i)
+
+    def build(split: str) -> _Examples:
+        idx = [i for i in keep if splits[i] == split]
+        return _Examples([str(images_root / str(cache.paths[i])) for i in idx],
+                         np.asarray([int(cache.labels[i]) for i in idx], dtype=np.int64),
+                         [str(file_keys[i]) for i in idx], np.asarray([int(cache.rows[i]) for i in idx]))
+
+    return build("train"), build("val")
+
+
+def _dataset(examples: _Examples, num_classes: int, size: int, batch: int, training: bool, augment: bool, seed: int):
+    from embedder.pipeline import default_parallelism, load_image
+    from embedder.tf_runtime import import_keras, import_tf
+
+    tf, keras = import_tf(), import_keras()
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(examples.paths, dtype=object), examples.labels))
+    if training:
+        ds = ds.shuffle(len(examples.paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda p, y: (load_image(tf, p, size), tf.one_hot(y, num_classes)),
+                num_parallel_calls=default_parallelism(), deterministic=True)
+    ds = ds.ignore_errors().batch(batch)
+    if training and augment:
+        augmenter = augmentation(keras, seed)
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=1, deterministic=True)
+    return ds.prefetch(2)
+
+
+def augmentation(keras, seed: int):
+    """Mild, label-preserving changes (flip, small rotation/zoom/contrast) on [0, 255] pixels."""
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.05, seed=seed + 1),
+        keras.layers.RandomZoom(0.1, seed=seed + 2),
+        keras.layers.RandomContrast(0.1, seed=seed + 3),
+    ], name="augmentation")
+
+
+def _load_images(paths: list[str], size: int) -> np.ndarray:
+    from embedder.pipeline import load_image
+    from embedder.tf_runtime import import_tf
+
+    tf = import_tf()
+    return np.stack([load_image(tf, tf.constant(p), size).numpy() for p in paths])
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def check_warm_start(backbone, model, run, cache, examples: _Examples, size: int, count: int = 8) -> dict:
+    """The composed network must reproduce the head on cached features before any step."""
+    n = min(count, len(examples.paths))
+    if n == 0:
+        return {"images": 0}
+    images = _load_images(examples.paths[:n], size)
+    features_now = np.asarray(backbone(images, training=False))
+    features_cached = cache.read_rows(examples.rows[:n])
+    probs_now = np.asarray(model(images, training=False))
+    probs_head = run.predict_proba(features_cached)
+    scale = max(float(np.abs(features_cached).max()), 1e-12)
+    feature_diff = float(np.abs(features_now - features_cached).max()) / scale
+    prob_diff = float(np.abs(probs_now - probs_head).max())
+    result = {"images": n, "feature_relative_diff": feature_diff, "probability_max_abs_diff": prob_diff}
+    if feature_diff > WARM_START_TOLERANCE or prob_diff > WARM_START_TOLERANCE:
+        raise BackboneError(
+            f"warm-start check failed: the rebuilt backbone + head do not reproduce the cached predictions "
+            f"(feature difference {feature_diff:.3g} relative, probability difference {prob_diff:.3g}); "
+            f"the cache's fingerprint is not honoured, re-embed the images with this installation")
+    return result
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def _state_path(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINT_DIR / STATE_FILE
+
+
+def _read_state(run_dir: Path) -> dict | None:
+    path = _state_path(run_dir)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def find_unfinished(runs_dir: Path) -> Path | None:
+    candidates = [p.parent.parent for p in Path(runs_dir).glob(f"*/{CHECKPOINT_DIR}/{STATE_FILE}")
+                  if not (p.parent.parent / "head.json").exists()]
+    return max(candidates, key=lambda p: _state_path(p).stat().st_mtime_ns) if candidates else None
+
+
+def _make_checkpointer(keras, run_dir: Path, state: dict, patience: int, log: Callable[[str], None], bar_factory):
+    """Per epoch: save the model (with optimizer state) and the best weights atomically,
+    then the state that points at them; stop early when val_loss stops improving."""
+    folder = run_dir / CHECKPOINT_DIR
+
+    class Checkpointer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_started = time.perf_counter()
+            self._bar = bar_factory(epoch)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self._bar is not None:
+                self._bar.update(1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self._bar is not None:
+                self._bar.close()
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            logs["epoch"] = epoch + 1
+            logs["seconds"] = time.perf_counter() - self._epoch_started
+            state["history"].append(logs)
+            val_loss = logs.get("val_loss", float("inf"))
+            if val_loss < state["best"]["val_loss"]:
+                best_file = folder / f"best-{epoch + 1:04d}.weights.h5"
+                with atomic_path(best_file, keep_suffix=True) as tmp:
+                    self.model.save_weights(str(tmp))
+                state["best"] = {"val_loss": val_loss, "epoch": epoch + 1, "weights": best_file.name}
+                state["wait"] = 0
+            else:
+                state["wait"] += 1
+            model_file = folder / f"epoch-{epoch + 1:04d}.keras"
+            with atomic_path(model_file, keep_suffix=True) as tmp:
+                self.model.save(str(tmp))
+            state["epochs_done"] = epoch + 1
+            state["model_file"] = model_file.name
+            if state["wait"] >= patience:
+                state["stopped_early"] = True
+                self.model.stop_training = True
+            write_text_atomic(_state_path(run_dir), json.dumps(state, indent=2))
+            _remove_stale_checkpoints(folder, state)
+            log(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.3f} "
+                f"val_loss {val_loss:.4f} val_acc {logs.get('val_accuracy', float('nan')):.3f} ({logs['seconds']:.1f} s)")
+
+    return Checkpointer()
+
+
+def _remove_stale_checkpoints(folder: Path, state: dict) -> None:
+    keep = {STATE_FILE, state.get("model_file"), state["best"].get("weights")}
+    for entry in folder.iterdir():
+        if entry.name not in keep and ".tmp-" not in entry.name:
+            entry.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def _pick_source_run(options: FinetuneOptions, log):
+    from .runs import best_run, load_run
+
+    if options.from_run is not None:
+        run = load_run(options.from_run)
+    else:
+        run = best_run(options.runs_dir, head_type="dense")
+        log(f"fine-tuning from {run.path} (the best dense head by val accuracy under {options.runs_dir}/)")
+    if is_finetuned(run.meta):
+        raise UsageError(f"{run.path} is already a fine-tuned run; fine-tune from a head run")
+    require_keras_head(run)
+    return run
+
+
+def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: None) -> FinetuneReport:
+    """Fine-tune from a dense head run; write a run folder like a head's."""
+    from tqdm import tqdm
+
+    from embedder.backbones import build_backbone
+    from embedder.tf_runtime import import_keras
+
+    started = time.perf_counter()
+    if options.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {options.epochs}")
+    if options.unfreeze < 0:
+        raise UsageError(f"--unfreeze must be 0 or more, got {options.unfreeze}")
+    if options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if not options.lr > 0:
+        raise UsageError(f"--lr must be positive, got {options.lr}")
+
+    run_dir, state = _prepare_run_dir(options, log)
+    opts = state["options"]
+    from .runs import load_run
+
+    run = load_run(opts["from_run"]) if options.resume else _pick_source_run(options, log)
+    if not options.resume:
+        opts["from_run"] = str(run.path)
+    report = FinetuneReport(run_dir=str(run_dir), from_run=str(run.path), unfreeze_requested=opts["unfreeze"],
+                            head_metrics=dict(run.meta.get("metrics") or {}))
+
+    cache_path = Path(opts["cache"] or (run.meta.get("cache") or {}).get("path") or "")
+    if not cache_path.is_file():
+        raise UsageError(f"the head's cache {cache_path} is gone; pass --cache with a cache of the same fingerprint")
+    cache = open_cache(cache_path)
+    require_same(cache.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")
+    images_root = Path(opts["images"] or cache.images_root)
+    if not images_root.is_dir():
+        raise UsageError(f"images folder {images_root} is gone; pass --images with where the images are now")
+    train, val = _select_examples(cache, run, images_root, report)
+    report.train_images, report.val_images = len(train.paths), len(val.paths)
+    if report.skipped:
+        report.warnings.append(f"{len(report.skipped)} images are missing or changed since embedding and are left out")
+    if not train.paths:
+        raise UsageError("no training images left to fine-tune on")
+    if not val.paths:
+        raise UsageError("the run's split has no validation images; fine-tuning needs them for early stopping")
+
+    keras = import_keras()
+    resolved = resolve_backbone(run.meta)
+    num_classes = len(run.classes)
+    if state["epochs_done"] == 0 and not state.get("model_file"):
+        keras.utils.set_random_seed(opts["seed"])
+        backbone = build_backbone(resolved)
+        size = int(resolved.image_size)  # known once built (a model file's own size)
+        model = compose(backbone, run.keras_head(), name="headstart_finetuned")
+        report.warm_start = check_warm_start(backbone, model, run, cache, val if val.paths else train, size)
+        state["warm_start"] = report.warm_start
+        names, clamped = unfreeze_top(backbone, opts["unfreeze"])
+        state["unfrozen_layers"], state["unfreeze_clamped"] = names, clamped
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=float(run.meta.get("params", {}).get("label_smoothing", 0.0) or 0.0))
+        model.compile(optimizer=keras.optimizers.Adam(opts["lr"]), loss=loss, metrics=["accuracy"])
+    else:
+        keras.utils.set_random_seed(opts["seed"] + state["epochs_done"])
+        model_file = run_dir / CHECKPOINT_DIR / state["model_file"]
+        model = keras.models.load_model(model_file, compile=True)
+        size = int(model.inputs[0].shape[1])
+        report.resumed_from_epoch = state["epochs_done"]
+        report.warm_start = state.get("warm_start", {})
+        log(f"resuming {run_dir} after epoch {state['epochs_done']}")
+    report.unfrozen_layers = state["unfrozen_layers"]
+    report.unfreeze_clamped = state["unfreeze_clamped"]
+    if report.unfreeze_clamped:
+        report.warnings.append(f"--unfreeze {opts['unfreeze']} exceeds the backbone's {len(report.unfrozen_layers)} "
+                               f"layers with weights; unfroze all of them")
+    log(f"unfrozen ({len(report.unfrozen_layers)}): {', '.join(report.unfrozen_layers) or 'none (head only)'}")
+
+    train_ds = _dataset(train, num_classes, size, opts["batch_size"], True, opts["augment"], opts["seed"] + state["epochs_done"])
+    val_ds = _dataset(val, num_classes, size, opts["batch_size"], False, False, opts["seed"])
+    steps = -(-len(train.paths) // opts["batch_size"])
+
+    def bar_factory(epoch):
+        if not options.progress:
+            return None
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{opts['epochs']}", unit="batch", leave=False, dynamic_ncols=True)
+
+    finished = state.get("stopped_early") or state["epochs_done"] >= opts["epochs"]
+    if not finished:
+        checkpointer = _make_checkpointer(keras, run_dir, state, opts["patience"], log, bar_factory)
+        with warnings.catch_warnings():
+            # tf.data after ignore_errors() has no known length; Keras warns at every epoch end
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(train_ds, validation_data=val_ds, epochs=opts["epochs"], initial_epoch=state["epochs_done"],
+                      callbacks=[checkpointer], verbose=0, shuffle=False)
+    best = state["best"]
+    if best.get("weights"):
+        model.load_weights(str(run_dir / CHECKPOINT_DIR / best["weights"]))
+    report.history = state["history"]
+    report.epochs_run = state["epochs_done"]
+    report.best_epoch = int(best.get("epoch") or 0)
+    report.seconds_per_epoch = float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else 0.0
+
+    report.metrics = _finish_run(run_dir, model, run, cache, val, val_ds, state, report, images_root)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _prepare_run_dir(options: FinetuneOptions, log) -> tuple[Path, dict]:
+    """A new run folder with fresh state, or (``--resume``) the unfinished one and its state."""
+    if options.resume:
+        run_dir = Path(options.out) if options.out else find_unfinished(options.runs_dir)
+        if run_dir is None:
+            raise UsageError(f"--resume: no unfinished fine-tune under {options.runs_dir}/ (pass --out RUN_DIR)")
+        state = _read_state(run_dir)
+        if state is None:
+            raise UsageError(f"--resume: {run_dir} holds no fine-tune checkpoint")
+        if (run_dir / "head.json").exists():
+            raise UsageError(f"--resume: {run_dir} is already finished")
+        return run_dir, state
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(options.out) if options.out else Path(options.runs_dir) / f"{stamp}-finetune"
+    if _read_state(run_dir) is not None and not (run_dir / "head.json").exists():
+        raise UsageError(f"an unfinished fine-tune is in {run_dir}; pass --resume to continue it, or another --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"--out {run_dir} exists and is not empty; choose another folder")
+    (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    state = {
+        "options": {
+            "from_run": str(options.from_run) if options.from_run else None,
+            "unfreeze": options.unfreeze, "epochs": options.epochs, "lr": options.lr,
+            "batch_size": options.batch_size, "augment": options.augment, "seed": options.seed,
+            "patience": options.patience, "images": str(options.images) if options.images else None,
+            "cache": str(options.cache) if options.cache else None,
+        },
+        "epochs_done": 0, "history": [], "best": {"val_loss": float("inf")}, "wait": 0,
+        "model_file": None, "unfrozen_layers": [], "unfreeze_clamped": False,
+    }
+    return run_dir, state
+
+
+def _finish_run(run_dir: Path, model, run, cache, val: _Examples, val_ds, state: dict, report: FinetuneReport,
+                images_root: Path) -> dict:
+    """Evaluate on the validation images, write the run folder (head.json last), drop checkpoints."""
+    from .evaluate import summarize, write_evaluation
+    from .runs import json_default
+
+    probabilities, labels = [], []
+    for images, onehot in val_ds:
+        probabilities.append(np.asarray(model(images, training=False)))
+        labels.append(np.argmax(onehot.numpy(), axis=1))
+    probabilities = np.concatenate(probabilities) if probabilities else np.zeros((0, len(run.classes)))
+    labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    val_paths = [str(Path(p).relative_to(images_root)) for p in val.paths][: len(labels)]
+    history = {k: [h[k] for h in state["history"] if k in h] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    metrics = write_evaluation(run_dir, labels, probabilities, list(run.classes), val_paths, history=history)
+    model.save(run_dir / FULL_MODEL_FILE)
+    backbone, weights = backbone_sources(run.meta)
+    meta = {
+        "kind": "finetuned",
+        "head_type": "dense",
+        "finetuned_from": str(run.path),
+        "classes": list(run.classes),
+        "fingerprint": run.fingerprint,
+        "cache": {"path": str(cache.path), "images_root": str(images_root)},
+        "backbone_sources": {"backbone": backbone, "weights": weights},
+        "feature_dim": run.meta.get("feature_dim"),
+        "input_size": int(model.inputs[0].shape[1]),
+        "params": dict(state["options"], finetuned_from=str(run.path)),
+        "split": run.meta.get("split"),
+        "unfrozen_layers": state["unfrozen_layers"],
+        "unfreeze_clamped": state["unfreeze_clamped"],
+        "warm_start": state.get("warm_start", {}),
+        "model_file": FULL_MODEL_FILE,
+        "metrics": summarize(metrics),
+        "head_metrics": report.head_metrics,
+        "best_epoch": int(state["best"].get("epoch") or 0),
+        "epochs_run": state["epochs_done"],
+        "history": state["history"],
+        "train_seconds": float(sum(h["seconds"] for h in state["history"])),
+        "seconds_per_epoch": report.seconds_per_epoch,
+        "train_images": report.train_images,
+        "val_images": report.val_images,
+        "skipped": report.skipped,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+    write_text_atomic(run_dir / "head.json", json.dumps(meta, indent=2, default=json_default) + "\n")
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return meta["metrics"]
+

@@ -1,0 +1,77 @@
+"""From a run to a model that takes raw images: backbone (rebuilt from the fingerprint) + head.
+
+A head run stores only the head; its backbone is rebuilt exactly from the fingerprint the
+head was trained on (architecture, weights identity, input size, pooling, preprocessing).
+The weights file or model file is found where the embedding job recorded it, and its hash
+must still match. A fine-tuned run stores the whole network and needs none of this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedder.backbones import ResolvedBackbone, build_backbone, config_from_fingerprint
+from embedder.errors import UsageError
+
+FULL_MODEL_FILE = "model.keras"
+
+
+def backbone_sources(meta: dict) -> tuple[str | None, str | None]:
+    """Where the backbone's model/weights files were: recorded in the run, else in its cache."""
+    sources = meta.get("backbone_sources") or {}
+    backbone, weights = sources.get("backbone"), sources.get("weights")
+    if backbone is None and weights is None:
+        cache_path = (meta.get("cache") or {}).get("path")
+        if cache_path and Path(cache_path).is_file():
+            from embedder.cache import open_cache
+
+            attrs = open_cache(cache_path).attrs
+            backbone, weights = attrs.get("backbone_source"), attrs.get("weights_source")
+    return backbone, weights
+
+
+def resolve_backbone(meta: dict) -> ResolvedBackbone:
+    backbone, weights = backbone_sources(meta)
+    return config_from_fingerprint(meta["fingerprint"], backbone, weights)
+
+
+def is_finetuned(meta: dict) -> bool:
+    return meta.get("kind") == "finetuned"
+
+
+def require_keras_head(run) -> None:
+    if run.head_type != "dense" and not is_finetuned(run.meta):
+        raise UsageError(
+            f"run {run.path} has a {run.head_type} head (scikit-learn), which cannot become part of a Keras "
+            f"network; train a dense head first (`headstart head train --head dense`)"
+        )
+
+
+def compose(backbone, head, name: str = "headstart_classifier"):
+    """pixels [B, S, S, 3] in [0, 255] -> class probabilities [B, C]."""
+    from embedder.tf_runtime import import_keras
+
+    keras = import_keras()
+    size = int(backbone.inputs[0].shape[1])
+    pixels = keras.Input((size, size, 3), dtype="float32", name="pixels")
+    features = backbone(pixels)
+    probabilities = head(features)
+    return keras.Model(pixels, probabilities, name=name)
+
+
+def load_full_model(run):
+    """The run's classifier on raw pixels, and its input size."""
+    from embedder.tf_runtime import import_keras
+
+    require_keras_head(run)
+    keras = import_keras()
+    if is_finetuned(run.meta):
+        path = Path(run.path) / FULL_MODEL_FILE
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as exc:
+            raise UsageError(f"cannot load the fine-tuned model {path}: {' '.join(str(exc).split())[:200]}") from None
+        return model, int(model.inputs[0].shape[1])
+    resolved = resolve_backbone(run.meta)
+    backbone = build_backbone(resolved)
+    return compose(backbone, run.keras_head()), int(resolved.image_size)
