@@ -94,12 +94,13 @@ def _print_embed_report(report, quiet: bool) -> None:
 
     out = _err if quiet else typer.echo
     if not quiet:
-        rate = f" ({report.rate:.1f} img/s)" if report.embedded else ""
-        typer.echo(
-            f"embedded {report.embedded:,} new images in {report.embed_s:.1f} s{rate}, after {report.setup_s:.1f} s "
-            f"of model set-up; "
-            f"reused {report.reused:,}; skipped {len(report.skipped):,}; total {report.elapsed_s:.1f} s"
-        )
+        if report.embedded:
+            steady = f"; {report.steady_rate:.1f} after the first batch" if report.steady_rate else ""
+            typer.echo(f"embedded {report.embedded:,} new images in {report.embed_s:.1f} s ({report.rate:.1f} img/s"
+                       f"{steady}) plus {report.setup_s:.1f} s of model set-up")
+        else:
+            typer.echo("nothing new to embed: the cache already holds every image's bytes")
+        typer.echo(f"reused {report.reused:,}; skipped {len(report.skipped):,}; total {report.elapsed_s:.1f} s")
         extra = f", {report.duplicates:,} duplicate files" if report.duplicates else ""
         typer.echo(f"cache: {report.cache_path} ({report.rows:,} rows for {report.files:,} files{extra}, "
                    f"{report.cache_bytes / 1e6:.1f} MB)")

@@ -138,8 +138,6 @@ def run_embedding(
         if todo:
             report.embedded = _embed_new(writer, resolved, listing.root, todo, options, report, log)
             report.rate = report.embedded / report.embed_s if report.embed_s > 0 else 0.0
-        else:
-            log("nothing new to embed")
 
         failed_keys = writer.known_failures
         kept: list[FileRecord] = []

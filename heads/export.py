@@ -12,6 +12,8 @@ Formats:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -47,7 +49,8 @@ def export_run(run, fmt: str, out: Path) -> dict:
     info = {
         "format": fmt,
         "artifact": str(artifact),
-        "input": {"shape": [None, size, size, 3], "values": "RGB pixels in [0, 255]", "dtype": "float32"},
+        "input": {"shape": [1 if fmt == "tflite" else None, size, size, 3], "values": "RGB pixels in [0, 255]",
+                  "dtype": "float32" if fmt != "savedmodel" else "float32 (serve) or uint8 (serve_uint8)"},
         "output": {"shape": [None, len(run.classes)], "values": "class probabilities, in labels.txt order"},
         "classes": list(run.classes),
         "run": str(run.path),
@@ -84,7 +87,9 @@ def _tflite_bytes(model, size: int) -> bytes:
     tf = import_tf()
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     try:
-        with quiet_stderr():  # the converter logs pages of MLIR passes to fd 2
+        # The converter prints the SavedModel it saves on the way (stdout) and pages of
+        # MLIR passes (fd 2); neither is for the user.
+        with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
             return converter.convert()
     except Exception as exc:
         raise UsageError(f"TFLite conversion failed: {' '.join(str(exc).split())[:300]}") from None
