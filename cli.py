@@ -69,6 +69,8 @@ def embed_run(
     manifest: Optional[Path] = typer.Option(None, help="CSV of path,label[,split] (paths relative to IMAGES)."),
     seed: int = typer.Option(0, help="Seed for --weights none."),
     workers: Optional[int] = typer.Option(None, help="Parallel decode calls; default: the number of cores."),
+    runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
+                                             "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -79,7 +81,7 @@ def embed_run(
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                             layer=layer, alpha=alpha, seed=seed)
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=batch_size,
-                           manifest=manifest, parallelism=workers, progress=not quiet and not as_json)
+                           manifest=manifest, parallelism=workers, runtime=runtime, progress=not quiet and not as_json)
     log = (lambda m: None) if (quiet or as_json) else _err
     report = run_embedding(images, config, options, log=log)
     if as_json:
@@ -104,7 +106,8 @@ def _print_embed_report(report, quiet: bool) -> None:
         extra = f", {report.duplicates:,} duplicate files" if report.duplicates else ""
         typer.echo(f"cache: {report.cache_path} ({report.rows:,} rows for {report.files:,} files{extra}, "
                    f"{report.cache_bytes / 1e6:.1f} MB)")
-        typer.echo(f"backbone: {describe(report.fingerprint)}")
+        runtime = f" (runtime: {report.runtime})" if report.runtime else ""
+        typer.echo(f"backbone: {describe(report.fingerprint)}{runtime}")
         if report.resumed_parts:
             typer.echo(f"resumed: {report.resumed_parts} batches from an interrupted run were kept")
         if report.ignored_files:
@@ -445,6 +448,7 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size"),
     cache: List[Path] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
+    runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -456,7 +460,7 @@ def predict(
     if run is None and not quiet:
         _err(f"using run {chosen.path} (the best by val accuracy under {runs_dir}/)")
     options = PredictOptions(top_k=top_k, batch_size=batch_size, caches=cache, use_cache=not no_cache,
-                             progress=not quiet)
+                             runtime=runtime, progress=not quiet)
     report = predict_images(inputs, chosen, options, log=(lambda m: None) if quiet else _err)
     text = write_predictions(report, out, fmt)
     if text is not None:
@@ -466,8 +470,9 @@ def predict(
         for item in report.skipped[:20]:
             _err(f"  {item['path']}: {item['reason']}")
     if not quiet:
+        runtime = f" ({report.runtime})" if report.runtime else ""
         _err(f"predicted {len(report.predictions)} images in {report.elapsed_s:.1f} s "
-             f"({report.from_cache} from the cache, {report.through_backbone} through the backbone)")
+             f"({report.from_cache} from the cache, {report.through_backbone} through the backbone{runtime})")
     raise typer.Exit(report.exit_code)
 
 

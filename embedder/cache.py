@@ -405,6 +405,11 @@ class CacheWriter:
     # -- adding rows -------------------------------------------------------------------
 
     @property
+    def existing_attrs(self) -> dict:
+        """The finished cache's root attributes (empty for a new cache)."""
+        return dict(self._existing.attrs) if self._existing is not None else {}
+
+    @property
     def resumed_parts(self) -> int:
         return len(self._parts)
 

@@ -40,6 +40,7 @@ class EmbedOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     manifest: Path | None = None
     parallelism: int | None = None  # decode threads; default: the core count
+    runtime: str = "auto"  # 'auto' | 'tf' | 'litert' (see embedder.runtime)
     progress: bool = True
 
 
@@ -59,6 +60,7 @@ class EmbedReport:
     ignored_files: int = 0  # non-image files passed over
     label_conflicts: list[dict] = field(default_factory=list)  # {key, paths, labels}
     warnings: list[str] = field(default_factory=list)
+    runtime: str = ""  # what ran the backbone this time ('' when nothing was embedded)
     rewritten: bool = False
     cache_bytes: int = 0
     elapsed_s: float = 0.0
@@ -147,6 +149,10 @@ def run_embedding(
             else:
                 kept.append(record)
         report.label_conflicts = _label_conflicts(kept, listing.classes)
+        if report.runtime:
+            writer.extra_attrs["runtime"] = report.runtime
+        elif writer.existing_attrs.get("runtime"):
+            writer.extra_attrs["runtime"] = writer.existing_attrs["runtime"]
         result = writer.finish(kept, listing.classes, failures, listing.root)
 
     report.files = len(kept)
@@ -178,23 +184,25 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
     """Run the backbone over ``todo`` (key -> path), one durable part file per batch."""
     from tqdm import tqdm
 
-    from .pipeline import compiled_forward, embed_batches
+    from .litert import fingerprint_key
+    from .pipeline import embed_batches
+    from .runtime import make_forward
     from .tf_runtime import tune_malloc
 
     setup_started = time.perf_counter()
     tune_malloc()
-    log(f"building {describe_architecture(resolved)}")
-    model = build_backbone(resolved)
-    forward = compiled_forward(model, resolved.image_size)
+
+    def build_model():
+        log(f"building {describe_architecture(resolved)}")
+        return build_backbone(resolved)
+
+    # Flatbuffers live beside the cache they serve (cache/litert/ for default caches).
+    forward = make_forward(options.runtime, fingerprint_key(resolved.fingerprint), build_model,
+                           Path(writer.path).parent, describe=resolved.fingerprint, log=log)
+    resolved.image_size = forward.image_size
+    report.runtime = forward.runtime
+    log(f"runtime: {forward.runtime} ({forward.reason})")
     report.setup_s = time.perf_counter() - setup_started
-    dim = int(model.output_shape[-1])
-    if resolved.config.pooling == "flatten" and dim > FLATTEN_WARN_DIM:
-        total = len(writer.known_keys) + len(todo)
-        size_mb = dim * total * np.dtype(options.dtype).itemsize / 1e6
-        warning = (f"pooling 'flatten' keeps {dim:,} values per image: about {size_mb:,.0f} MB of cache for "
-                   f"{total:,} images ({options.dtype}); 'avg' keeps {model.layers[-2].output.shape[-1]:,}")
-        report.warnings.append(warning)
-        log(f"warning: {warning}")
     keys = list(todo)
     paths = [str(root / todo[k]) for k in keys]
     embedded = 0
@@ -205,6 +213,8 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
         for batch in embed_batches(forward, paths, resolved.image_size, options.batch_size, options.parallelism):
             if not checked and len(batch.indices):
                 check_features(batch.features, options.dtype, describe(resolved.fingerprint))
+                _warn_if_flatten_is_big(resolved, batch.features.shape[1], len(writer.known_keys) + len(todo),
+                                        options.dtype, report, log)
                 checked = True
                 first_done, first_count = time.perf_counter(), len(batch.indices)
             batch_keys = [keys[i] for i in batch.indices]
@@ -217,6 +227,16 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
     if checked and embedded > first_count and loop_done > first_done:
         report.steady_rate = (embedded - first_count) / (loop_done - first_done)
     return embedded
+
+
+def _warn_if_flatten_is_big(resolved: ResolvedBackbone, dim: int, images: int, dtype: str,
+                            report: EmbedReport, log: Callable[[str], None]) -> None:
+    if resolved.config.pooling == "flatten" and dim > FLATTEN_WARN_DIM:
+        size_mb = dim * images * np.dtype(dtype).itemsize / 1e6
+        warning = (f"pooling 'flatten' keeps {dim:,} values per image: about {size_mb:,.0f} MB of cache for "
+                   f"{images:,} images ({dtype}); 'avg' keeps only the channel count")
+        report.warnings.append(warning)
+        log(f"warning: {warning}")
 
 
 def _label_conflicts(records: list[FileRecord], classes: list[str]) -> list[dict]:

@@ -127,7 +127,7 @@ def embed_batches(forward, paths: Sequence[str], image_size: int, batch_size: in
     expected = 0
     for indices, images in image_dataset(paths, image_size, batch_size, parallelism):
         idx = indices.numpy()
-        features = forward(images).numpy().astype(np.float32, copy=False)
+        features = np.asarray(forward(images), dtype=np.float32)
         present = set(idx.tolist())
         last = int(idx[-1]) if len(idx) else expected - 1
         failed = [(i, decode_error(paths[i], image_size)) for i in range(expected, last + 1) if i not in present]

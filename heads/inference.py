@@ -20,7 +20,7 @@ from embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
 from embedder.fingerprint import same
 from embedder.hashing import hash_files
 
-from .full_model import is_finetuned, load_full_model, require_keras_head, resolve_backbone
+from .full_model import is_finetuned, load_full_model, resolve_backbone
 
 
 @dataclass
@@ -30,6 +30,7 @@ class PredictOptions:
     caches: Sequence[Path] = ()  # extra caches to look features up in
     cache_dir: Path = Path("cache")
     use_cache: bool = True
+    runtime: str = "auto"  # 'auto' | 'tf' | 'litert'
     progress: bool = True
 
 
@@ -40,6 +41,7 @@ class PredictReport:
     skipped: list[dict] = field(default_factory=list)
     from_cache: int = 0
     through_backbone: int = 0
+    runtime: str = ""
     elapsed_s: float = 0.0
     backbone_s: float = 0.0
 
@@ -160,24 +162,15 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
 
     todo = [i for i in usable if i not in probabilities]
     if todo:
-        from embedder.pipeline import compiled_forward, embed_batches
+        from embedder.pipeline import embed_batches
 
         backbone_started = time.perf_counter()
-        if finetuned or run.head_type == "dense":
-            require_keras_head(run)
-            model, size = load_full_model(run)
-            to_probabilities = None
-        else:  # a scikit-learn head: backbone features, then the head in numpy
-            from embedder.backbones import build_backbone
-
-            resolved = resolve_backbone(run.meta)
-            model, size = build_backbone(resolved), int(resolved.image_size)
-            to_probabilities = run.predict_proba
-        forward = compiled_forward(model, size)
+        forward, to_probabilities = _forward_for(run, finetuned, options, log)
+        report.runtime = forward.runtime
         paths = [str(files[i][1]) for i in todo]
         with tqdm(total=len(todo), desc="predicting", unit="img", disable=not options.progress,
                   dynamic_ncols=True, mininterval=0.5) as bar:
-            for batch in embed_batches(forward, paths, size, options.batch_size):
+            for batch in embed_batches(forward, paths, forward.image_size, options.batch_size):
                 out = batch.features if to_probabilities is None else to_probabilities(batch.features)
                 for j, p in zip(batch.indices, out):
                     probabilities[todo[j]] = p
@@ -193,6 +186,26 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
         report.predictions = top_k_rows([files[i][0] for i in done], matrix, classes, options.top_k)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _forward_for(run, finetuned: bool, options: PredictOptions, log):
+    """Fine-tuned runs: the whole network on pixels gives probabilities. Head runs: the
+    backbone gives features, then the head (Keras or numpy) gives probabilities."""
+    from embedder.backbones import build_backbone
+    from embedder.hashing import content_key
+    from embedder.litert import fingerprint_key
+    from embedder.runtime import make_forward
+
+    if finetuned:
+        model_file = Path(run.path) / run.meta.get("model_file", "model.keras")
+        key = f"model-{content_key(model_file)[:16]}"
+        forward = make_forward(options.runtime, key, lambda: load_full_model(run)[0], Path(options.cache_dir),
+                               describe={"run": str(run.path)}, log=log)
+        return forward, None
+    resolved = resolve_backbone(run.meta)
+    forward = make_forward(options.runtime, fingerprint_key(run.fingerprint), lambda: build_backbone(resolved),
+                           Path(options.cache_dir), describe=run.fingerprint, log=log)
+    return forward, run.predict_proba
 
 
 def write_predictions(report: PredictReport, out: Path | None, fmt: str) -> str | None:

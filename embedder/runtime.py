@@ -1,0 +1,67 @@
+"""Which runtime runs a network forward: TensorFlow, or LiteRT (``--runtime auto|tf|litert``).
+
+``auto`` picks LiteRT when no GPU is visible and the network converts (and matches
+TensorFlow on a probe batch), TensorFlow otherwise, and says which and why. ``litert``
+insists: a network that does not convert is a one-line error. Both give the same numbers
+within 1e-4 relative, so the choice is recorded but is not part of the fingerprint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import UsageError
+from .litert import RUNTIMES, ConversionError, load_or_convert
+
+
+@dataclass
+class Forward:
+    """A forward pass over batches of pixels, and how it was chosen."""
+
+    fn: Callable  # images [B, S, S, 3] float32 -> outputs [B, ...]
+    runtime: str  # 'tf' | 'litert'
+    image_size: int
+    reason: str
+
+    def __call__(self, images):
+        return self.fn(images)
+
+
+def make_forward(runtime: str, key: str, build_model: Callable[[], object], cache_dir: Path,
+                 describe: dict | None = None, log: Callable[[str], None] = lambda m: None) -> Forward:
+    """The forward pass for the network ``build_model()`` would build, identified by ``key``.
+
+    ``build_model`` is only called when needed: a LiteRT flatbuffer kept from an earlier
+    run makes building the Keras model unnecessary.
+    """
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    built: list = []
+
+    def model():
+        if not built:
+            built.append(build_model())
+        return built[0]
+
+    reason = "asked for"
+    if runtime == "auto":
+        from .tf_runtime import gpus_visible
+
+        if gpus_visible():
+            runtime, reason = "tf", "a GPU is visible"
+        else:
+            try:
+                lite = load_or_convert(key, describe or {}, model, cache_dir, log=log)
+                return Forward(lite, "litert", lite.image_size, "no GPU is visible")
+            except (ConversionError, UsageError) as exc:
+                runtime, reason = "tf", f"LiteRT is not available for it ({exc})"
+    elif runtime == "litert":
+        lite = load_or_convert(key, describe or {}, model, cache_dir, log=log)
+        return Forward(lite, "litert", lite.image_size, reason)
+    from .pipeline import compiled_forward
+
+    network = model()
+    size = int(network.inputs[0].shape[1])
+    return Forward(compiled_forward(network, size), "tf", size, reason)

@@ -1,0 +1,128 @@
+"""The LiteRT runtime: same numbers as TensorFlow (1e-4 relative), converted once per
+fingerprint and reused, a clear fallback or error when a network does not convert."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ASSETS, WEIGHTS_035, WEIGHTS_100, make_class_folders, needs_assets
+from embedder.cache import open_cache
+
+RELATIVE = 1e-4
+
+
+def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _embed(run_cli, images, cache, runtime, *backbone):
+    code, out, err = run_cli("embed", "run", images, *backbone, "--cache", cache, "--dtype", "float32",
+                             "--runtime", runtime, "--json", "-q")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("backbone", [["-b", "VGG16", "--weights", "none", "--image-size", "32"], "tiny"])
+def test_litert_and_tensorflow_embed_the_same_features(tmp_path, run_cli, tiny_model_file, backbone):
+    backbone = ["-b", str(tiny_model_file)] if backbone == "tiny" else backbone
+    images = tmp_path / "imgs"
+    make_class_folders(images, per_class=5)
+    tf_report = _embed(run_cli, images, tmp_path / "tf.h5", "tf", *backbone)
+    lite_report = _embed(run_cli, images, tmp_path / "lite.h5", "litert", *backbone)
+    assert tf_report["runtime"] == "tf" and lite_report["runtime"] == "litert"
+    assert tf_report["fingerprint"] == lite_report["fingerprint"]  # the runtime is not part of it
+    tf_cache, lite_cache = open_cache(tmp_path / "tf.h5"), open_cache(tmp_path / "lite.h5")
+    assert lite_cache.attrs["runtime"] == "litert" and tf_cache.attrs["runtime"] == "tf"
+    assert list(tf_cache.paths) == list(lite_cache.paths)
+    assert _relative_difference(lite_cache.file_features(), tf_cache.file_features()) <= RELATIVE
+
+
+def test_flatbuffer_is_converted_once_and_reused(tmp_path, run_cli, tiny_model_file):
+    images = tmp_path / "imgs"
+    make_class_folders(images, per_class=2)
+    code, _, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "c.h5",
+                           "--runtime", "litert")
+    assert code == 0 and "converting the backbone to LiteRT" in err
+    flatbuffers = list((tmp_path / "litert").glob("backbone-*.tflite"))
+    assert len(flatbuffers) == 1
+    stamp = flatbuffers[0].stat().st_mtime_ns
+    sidecar = json.loads(flatbuffers[0].with_suffix(".json").read_text())
+    assert sidecar["parity_relative_difference"] <= RELATIVE
+
+    make_class_folders(images, per_class=2, seed=3)  # new images: the backbone must run again
+    code, out, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "c.h5",
+                             "--runtime", "auto")
+    assert code == 0, err
+    assert "converting" not in err and "building" not in err  # neither converted nor even built
+    assert "runtime: litert (no GPU is visible)" in err
+    assert flatbuffers[0].stat().st_mtime_ns == stamp
+
+
+def test_auto_falls_back_to_tensorflow_when_conversion_fails(tmp_path, run_cli, tiny_model_file, monkeypatch):
+    import embedder.litert as litert
+
+    def refuse(model):
+        raise litert.ConversionError(f"{model.name} does not convert to TFLite: unsupported op (simulated)")
+
+    monkeypatch.setattr(litert, "convert", refuse)
+    images = tmp_path / "imgs"
+    make_class_folders(images, per_class=2)
+    code, out, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "a.h5")
+    assert code == 0
+    assert "runtime: tf (LiteRT is not available for it" in err and "unsupported op (simulated)" in err
+    code, _, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "b.h5",
+                           "--runtime", "litert", "-q")
+    assert code == 2 and "does not convert to TFLite" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("embed", "run", images, "--runtime", "onnx", "--cache", tmp_path / "c.h5", "-q")
+    assert code == 2 and "--runtime must be one of auto, tf, litert" in err
+
+
+def test_predict_is_the_same_on_both_runtimes(tmp_path, run_cli, tiny_model_file):
+    images = tmp_path / "imgs"
+    make_class_folders(images, per_class=6)
+    assert run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "c.h5", "-q")[0] == 0
+    assert run_cli("head", "train", "--cache", tmp_path / "c.h5", "--epochs", "5", "--hidden", "8",
+                   "--out", tmp_path / "run", "-q")[0] == 0
+    results = {}
+    for runtime in ("tf", "litert"):
+        code, out, _ = run_cli("predict", images, "--run", tmp_path / "run", "--no-cache", "--runtime", runtime,
+                               "--format", "json", "-q")
+        assert code == 0
+        results[runtime] = np.asarray([r["probability"] for r in json.loads(out)])
+    np.testing.assert_allclose(results["litert"], results["tf"], atol=1e-4)
+
+
+FAMILIES = [("MobileNet", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32), ("MobileNetV3Large", 32),
+            ("EfficientNetB0", 32), ("EfficientNetV2B0", 32), ("ResNet50", 32), ("ResNet50V2", 32), ("VGG16", 32),
+            ("InceptionV3", 75), ("InceptionResNetV2", 75), ("Xception", 71), ("DenseNet121", 32),
+            ("ConvNeXtTiny", 32)]
+
+
+@pytest.mark.parametrize("name, size", FAMILIES)
+def test_every_registered_family_converts_with_parity(name, size):
+    """Random weights, generated pixels: LiteRT within 1e-4 (relative) of TensorFlow.
+    One member per family of the registry (members differ in width/depth, not in ops)."""
+    from embedder.backbones import BackboneConfig, build_backbone, resolve
+    from embedder.litert import LiteRTForward, check_parity, convert
+
+    model = build_backbone(resolve(BackboneConfig(name, weights="none", image_size=size)))
+    assert check_parity(model, LiteRTForward(convert(model)), size, seed=1) <= RELATIVE
+
+
+@needs_assets
+@pytest.mark.parametrize("alpha, weights", [(0.35, WEIGHTS_035), (1.0, WEIGHTS_100)])
+def test_real_weights_on_real_photos_have_parity(alpha, weights):
+    from embedder.backbones import BackboneConfig, build_backbone, resolve
+    from embedder.litert import LiteRTForward, convert
+    from embedder.pipeline import compiled_forward, image_dataset
+
+    model = build_backbone(resolve(BackboneConfig("MobileNetV2", weights=str(weights), alpha=alpha)))
+    photos = sorted(str(p) for p in (ASSETS / "photos").glob("*.jpg"))
+    (_, pixels), = list(image_dataset(photos, 224, batch_size=len(photos)))
+    reference = compiled_forward(model, 224)(pixels).numpy()
+    got = LiteRTForward(convert(model))(pixels.numpy())
+    assert np.abs(reference).max() > 1  # real features, not the ~1e-12 of random weights
+    assert _relative_difference(got, reference) <= RELATIVE
