@@ -1,14 +1,21 @@
-"""Embedding throughput: is the backbone the bottleneck? Prints JSON.
+"""Embedding throughput: is the backbone the bottleneck, and which runtime is fastest? JSON.
 
-Measured in one run, each in its own process (so peak RSS is its own):
-  (a) model only: the compiled forward pass on pre-decoded tensors;
-  (b) `embed run` end to end on photo-like 500x375 JPEGs (at each --sizes count);
+Every measurement runs in its own process (so its peak RSS is its own), on photo-like
+500x375 JPEGs, at 224 px.
+
+``--part pipeline`` (issue #2), MobileNetV2 on TensorFlow (``--runtime tf``):
+  (a) model only: the compiled forward pass on pre-decoded images;
+  (b) `embed run` end to end (at each --sizes count);
   (c) the tutorial way: keras.utils.load_img per image into one array, then model.predict;
   (d) a rerun of (b) on the unchanged folder.
-Targets (issue #2): (b)/(a) >= 0.9, (b)/(c) >= 1.3, (b) RSS flat in the image count,
-(d) <= 5% of (b).
+  Targets: (b)/(a) >= 0.9, (b)/(c) >= 1.3, (b) RSS flat in the image count, (d) <= 5% of (b).
 
-    python benchmarks/embed_throughput.py --sizes 1000,4000
+``--part runtimes`` (issue #6): TensorFlow and LiteRT side by side for MobileNetV2,
+EfficientNetB0 and ResNet50, model only and end to end, each also as a fraction of the
+machine's measured float32 matmul peak (model FLOPs x images/s / peak FLOP/s).
+  Target: MobileNetV2 end to end >= 90 images/s with LiteRT and >= 2x the TF path.
+
+    python benchmarks/embed_throughput.py --part all --sizes 1000,4000
 """
 
 from __future__ import annotations
@@ -22,64 +29,74 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WEIGHTS_MOBILENET_V2, machine, peak_rss_mb, photo_like_jpegs, run_child  # noqa: E402
+from common import (  # noqa: E402
+    WEIGHTS_MOBILENET_V2, machine, matmul_peak_gflops, peak_rss_mb, photo_like_jpegs, run_child,
+)
 
 SCRIPT = Path(__file__).resolve()
+RUNTIME_BACKBONES = ("MobileNetV2", "EfficientNetB0", "ResNet50")
 
 
-def _backbone_args(weights: str) -> dict:
-    return {"backbone": "MobileNetV2", "weights": weights, "image_size": 224}
+def _config(backbone: str, weights: str):
+    from embedder.backbones import BackboneConfig
+
+    return BackboneConfig(backbone=backbone, weights=weights, image_size=224)
 
 
-def child_model(weights: str, batch: int, images: int, folder: str) -> dict:
-    """The model alone, on real images decoded (and resized) before the clock starts."""
-    from embedder.backbones import BackboneConfig, build_backbone, resolve
-    from embedder.pipeline import compiled_forward, image_dataset
+def child_model(backbone: str, weights: str, runtime: str, batch: int, images: int, folder: str, work: str) -> dict:
+    """The network alone, on real images decoded and resized before the clock starts."""
+    from embedder.backbones import build_backbone, resolve
+    from embedder.litert import fingerprint_key
+    from embedder.pipeline import image_dataset
+    from embedder.runtime import make_forward
     from embedder.tf_runtime import tune_malloc
 
     tune_malloc()
-    model = build_backbone(resolve(BackboneConfig(**_backbone_args(weights))))
-    forward = compiled_forward(model, 224)
+    resolved = resolve(_config(backbone, weights))
+    setup_started = time.perf_counter()
+    forward = make_forward(runtime, fingerprint_key(resolved.fingerprint), lambda: build_backbone(resolved),
+                           Path(work))
+    setup = time.perf_counter() - setup_started  # tf: build + trace; litert: build + convert + parity check
     paths = sorted(str(p) for p in Path(folder).rglob("*.jpg"))[: 4 * batch]
-    decoded = [images_ for _, images_ in image_dataset(paths, 224, batch)]
-    forward(decoded[0]).numpy()  # warm-up
+    decoded = [pixels for _, pixels in image_dataset(paths, 224, batch)]
+    forward(decoded[0])  # warm-up
     done, start = 0, time.perf_counter()
     while done < images:
         for x in decoded:
-            forward(x).numpy()
+            forward(x)
             done += int(x.shape[0])
     elapsed = time.perf_counter() - start
-    return {"images": done, "seconds": elapsed, "rate": done / elapsed, "peak_rss_mb": peak_rss_mb()}
+    return {"images": done, "seconds": elapsed, "rate": done / elapsed, "runtime": forward.runtime,
+            "setup_seconds": setup, "peak_rss_mb": peak_rss_mb()}
 
 
-def child_embed(weights: str, batch: int, folder: str, cache: str, dtype: str) -> dict:
-    from embedder.backbones import BackboneConfig
+def child_embed(backbone: str, weights: str, runtime: str, batch: int, folder: str, cache: str, dtype: str) -> dict:
     from embedder.job import EmbedOptions, run_embedding
-
     from embedder.tf_runtime import import_tf
 
     import_started = time.perf_counter()
     import_tf()  # a fixed cost of any TensorFlow approach; (c) pays it outside its clock too
     start = time.perf_counter()
-    report = run_embedding(folder, BackboneConfig(**_backbone_args(weights)),
-                           EmbedOptions(cache=Path(cache), batch_size=batch, dtype=dtype, progress=False))
+    report = run_embedding(folder, _config(backbone, weights),
+                           EmbedOptions(cache=Path(cache), batch_size=batch, dtype=dtype, runtime=runtime,
+                                        progress=False))
     wall = time.perf_counter() - start
-    return {"images": report.files, "embedded": report.embedded, "loop_seconds": report.embed_s,
-            "setup_seconds": report.setup_s, "wall_seconds": wall, "loop_rate": report.rate,
-            "steady_rate": report.steady_rate, "tf_import_seconds": start - import_started,
-            "wall_rate": report.files / wall, "peak_rss_mb": peak_rss_mb()}
+    return {"images": report.files, "embedded": report.embedded, "runtime": report.runtime,
+            "loop_seconds": report.embed_s, "setup_seconds": report.setup_s, "wall_seconds": wall,
+            "loop_rate": report.rate, "steady_rate": report.steady_rate, "wall_rate": report.files / wall,
+            "tf_import_seconds": start - import_started, "peak_rss_mb": peak_rss_mb()}
 
 
 def child_naive(weights: str, folder: str) -> dict:
     """The seed tutorial's way: load every image with keras.utils.load_img, then predict."""
     import numpy as np
 
-    from embedder.backbones import BackboneConfig, build_backbone, resolve
+    from embedder.backbones import build_backbone, resolve
     from embedder.tf_runtime import import_keras
 
     keras = import_keras()
     start = time.perf_counter()
-    model = build_backbone(resolve(BackboneConfig(**_backbone_args(weights))))
+    model = build_backbone(resolve(_config("MobileNetV2", weights)))
     paths = sorted(Path(folder).rglob("*.jpg"))
     arrays = [keras.utils.img_to_array(keras.utils.load_img(p, target_size=(224, 224))) for p in paths]
     data = np.stack(arrays)
@@ -90,61 +107,142 @@ def child_naive(weights: str, folder: str) -> dict:
             "wall_rate": len(paths) / wall, "peak_rss_mb": peak_rss_mb()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,4000", help="image counts for (b); the first is used for (a, c, d)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "headstart-bench"))
-    parser.add_argument("--naive-sizes", default=None, help="image counts for (c); default: the first size")
-    parser.add_argument("--child", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    if args.child:
-        kind, *rest = args.child
-        result = {"model": child_model, "embed": child_embed, "naive": child_naive}[kind](
-            *[int(r) if r.isdigit() else r for r in rest])
-        print(json.dumps(result))
-        return
+def child_flops(backbone: str) -> dict:
+    """Float operations of one forward pass at 224 px, counted on the frozen graph."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    sizes = [int(s) for s in args.sizes.split(",")]
-    naive_sizes = [int(s) for s in (args.naive_sizes or str(sizes[0])).split(",")]
-    work = Path(args.workdir)
-    real = WEIGHTS_MOBILENET_V2.is_file()
-    weights = str(WEIGHTS_MOBILENET_V2) if real else "none"
-    dtype = "float16" if real else "float32"  # random MobileNetV2 features underflow float16
-    bs = str(args.batch_size)
-    out: dict = {"benchmark": "embed_throughput", "machine": machine(), "backbone": "MobileNetV2 1.0 @224",
-                 "weights": "imagenet (shared asset)" if real else "none (random; speed is the same)",
-                 "batch_size": args.batch_size, "runs": {}}
+    from embedder.backbones import build_backbone, resolve
+    from embedder.tf_runtime import import_tf
+
+    tf = import_tf()
+    model = build_backbone(resolve(_config(backbone, "none")))
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, 224, 224, 3], tf.float32))
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    profile = tf.compat.v1.profiler.profile(graph=convert_variables_to_constants_v2(fn).graph,
+                                            run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
+    return {"gflop_per_image": profile.total_float_ops / 1e9}
+
+
+def child_peak() -> dict:
+    return {"matmul_peak_gflops": matmul_peak_gflops()}
+
+
+def _fresh(cache: Path) -> Path:
+    for stale in (cache, cache.with_name(cache.name + ".parts")):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    return cache
+
+
+def pipeline_part(out: dict, work: Path, weights: str, dtype: str, bs: str, sizes: list[int],
+                  naive_sizes: list[int]) -> None:
     folders = {n: photo_like_jpegs(work / f"images-{n}", n) for n in sorted(set(sizes) | set(naive_sizes))}
     n0 = sizes[0]
-    model_args = ("model", weights, bs, str(n0), str(folders[n0]))
-    out["runs"]["a_model_only"] = run_child(SCRIPT, *model_args)
+    runs = out["pipeline"] = {}
+    model_args = ("model", "MobileNetV2", weights, "tf", bs, str(n0), str(folders[n0]), str(work))
+    runs["a_model_only"] = run_child(SCRIPT, *model_args)
     for n in sizes:
-        cache = work / f"cache-{n}.h5"
-        for stale in (cache, cache.with_name(cache.name + ".parts")):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        out["runs"][f"b_embed_{n}"] = run_child(SCRIPT, "embed", weights, bs, str(folders[n]), str(cache), dtype)
+        cache = _fresh(work / f"cache-tf-{n}.h5")
+        runs[f"b_embed_{n}"] = run_child(SCRIPT, "embed", "MobileNetV2", weights, "tf", bs, str(folders[n]),
+                                         str(cache), dtype)
         if n == n0:
-            out["runs"]["d_rerun"] = run_child(SCRIPT, "embed", weights, bs, str(folders[n]), str(cache), dtype)
+            runs["d_rerun"] = run_child(SCRIPT, "embed", "MobileNetV2", weights, "tf", bs, str(folders[n]),
+                                        str(cache), dtype)
     for n in naive_sizes:
-        out["runs"][f"c_naive_{n}"] = run_child(SCRIPT, "naive", weights, str(folders[n]))
-    # The machine is noisy: measure (a) again at the end and compare against the mean.
-    out["runs"]["a_model_only_again"] = run_child(SCRIPT, *model_args)
-
-    runs = out["runs"]
+        runs[f"c_naive_{n}"] = run_child(SCRIPT, "naive", weights, str(folders[n]))
+    runs["a_model_only_again"] = run_child(SCRIPT, *model_args)  # noisy machine: average two
     b, c, d = runs[f"b_embed_{n0}"], runs[f"c_naive_{naive_sizes[0]}"], runs["d_rerun"]
     a_rate = (runs["a_model_only"]["rate"] + runs["a_model_only_again"]["rate"]) / 2
-    out["ratios"] = {
+    ratios = {
         "b_steady_over_a": b["steady_rate"] / a_rate,
         "b_loop_over_a": b["loop_rate"] / a_rate,
         "b_wall_over_a": b["wall_rate"] / a_rate,
         "b_over_c_wall": b["wall_rate"] / c["wall_rate"],
         "d_over_b_wall": d["wall_seconds"] / b["wall_seconds"],
     }
-    out["peak_rss_mb"] = {k: v["peak_rss_mb"] for k, v in runs.items()}
-    out["targets"] = {"b_steady_over_a>=0.9": out["ratios"]["b_steady_over_a"] >= 0.9,
-                      "b_over_c>=1.3": out["ratios"]["b_over_c_wall"] >= 1.3,
-                      "d_over_b<=0.05": out["ratios"]["d_over_b_wall"] <= 0.05}
+    out["pipeline_ratios"] = ratios
+    out["pipeline_targets"] = {"b_steady_over_a>=0.9": ratios["b_steady_over_a"] >= 0.9,
+                               "b_over_c>=1.3": ratios["b_over_c_wall"] >= 1.3,
+                               "d_over_b<=0.05": ratios["d_over_b_wall"] <= 0.05}
+
+
+def runtimes_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images: dict[str, int]) -> None:
+    peak = run_child(SCRIPT, "peak")["matmul_peak_gflops"]
+    result = out["runtimes"] = {"matmul_peak_gflops": peak}
+    for backbone in RUNTIME_BACKBONES:
+        n = images[backbone]
+        folder = photo_like_jpegs(work / f"images-{n}", n)
+        weights = weights_mobilenet if backbone == "MobileNetV2" else "none"
+        dtype = "float16" if weights != "none" and backbone == "MobileNetV2" else "float32"
+        gflop = run_child(SCRIPT, "flops", backbone)["gflop_per_image"]
+        entry = result[backbone] = {"gflop_per_image": gflop, "images": n, "weights": weights if weights == "none"
+                                    else "imagenet (shared asset)"}
+        for runtime in ("tf", "litert"):
+            lite_dir = work / f"litert-{runtime}"
+            shutil.rmtree(lite_dir, ignore_errors=True)  # each runtime converts (or not) from scratch
+            model = run_child(SCRIPT, "model", backbone, weights, runtime, bs, str(n), str(folder), str(lite_dir))
+            cache = _fresh(lite_dir / f"cache-{backbone}.h5")
+            embed = run_child(SCRIPT, "embed", backbone, weights, runtime, bs, str(folder), str(cache), dtype)
+            entry[runtime] = {
+                "model_only_rate": model["rate"],
+                "first_setup_seconds": model["setup_seconds"],
+                "end_to_end_steady_rate": embed["steady_rate"],
+                "end_to_end_loop_rate": embed["loop_rate"],
+                "end_to_end_wall_rate": embed["wall_rate"],
+                "setup_seconds_with_kept_flatbuffer": embed["setup_seconds"],
+                "model_only_fraction_of_peak": model["rate"] * gflop / peak,
+                "end_to_end_fraction_of_peak": embed["steady_rate"] * gflop / peak,
+                "peak_rss_mb": embed["peak_rss_mb"],
+            }
+        entry["litert_over_tf_end_to_end"] = (entry["litert"]["end_to_end_steady_rate"]
+                                              / entry["tf"]["end_to_end_steady_rate"])
+        entry["litert_end_to_end_over_model_only"] = (entry["litert"]["end_to_end_steady_rate"]
+                                                      / entry["litert"]["model_only_rate"])
+    mobilenet = result["MobileNetV2"]
+    out["runtime_targets"] = {
+        "mobilenetv2_litert_end_to_end>=90": mobilenet["litert"]["end_to_end_steady_rate"] >= 90,
+        "mobilenetv2_litert_over_tf>=2": mobilenet["litert_over_tf_end_to_end"] >= 2,
+        "litert_end_to_end_over_model_only>=0.9": mobilenet["litert_end_to_end_over_model_only"] >= 0.9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("all", "pipeline", "runtimes"), default="all")
+    parser.add_argument("--sizes", default="1000,4000", help="image counts for (b); the first is used for (a, c, d)")
+    parser.add_argument("--naive-sizes", default=None, help="image counts for (c); default: the first size")
+    parser.add_argument("--runtime-images", default="1000,500,200",
+                        help="images per backbone for the runtime comparison (MobileNetV2,EfficientNetB0,ResNet50)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch for the pipeline part")
+    parser.add_argument("--runtime-batch-size", type=int, default=16,
+                        help="batch for the runtime part (16 was fastest end to end for both runtimes here)")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "headstart-bench"))
+    parser.add_argument("--child", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        children = {"model": child_model, "embed": child_embed, "naive": child_naive, "flops": child_flops,
+                    "peak": child_peak}
+        print(json.dumps(children[kind](*[int(r) if r.isdigit() else r for r in rest])))
+        return
+
+    work = Path(args.workdir)
+    real = WEIGHTS_MOBILENET_V2.is_file()
+    weights = str(WEIGHTS_MOBILENET_V2) if real else "none"
+    dtype = "float16" if real else "float32"  # random MobileNetV2 features underflow float16
+    bs = str(args.batch_size)
+    out: dict = {"benchmark": "embed_throughput", "machine": machine(), "image": "photo-like JPEG 500x375 -> 224",
+                 "mobilenetv2_weights": "imagenet (shared asset)" if real else "none (random; speed is the same)",
+                 "batch_size": args.batch_size}
+    if args.part in ("all", "pipeline"):
+        sizes = [int(s) for s in args.sizes.split(",")]
+        naive_sizes = [int(s) for s in (args.naive_sizes or str(sizes[0])).split(",")]
+        pipeline_part(out, work, weights, dtype, bs, sizes, naive_sizes)
+    if args.part in ("all", "runtimes"):
+        counts = dict(zip(RUNTIME_BACKBONES, (int(n) for n in args.runtime_images.split(","))))
+        out["runtime_batch_size"] = args.runtime_batch_size
+        runtimes_part(out, work, weights, str(args.runtime_batch_size), counts)
     print(json.dumps(out, indent=2))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .atomic import atomic_path, write_text_atomic
 from .errors import BackboneError, UsageError
-from .fingerprint import canonical_json, fingerprint_id
+from .fingerprint import fingerprint_id
 
 RUNTIMES = ("auto", "tf", "litert")
 PARITY_TOLERANCE = 1e-4  # max |litert - tf| relative to max |tf| on the probe batch
@@ -81,7 +81,9 @@ class LiteRTForward:
 
     def __init__(self, flatbuffer: bytes, threads: int | None = None):
         self.threads = threads or max(1, os.cpu_count() or 1)
-        with quiet_stderr_if_possible():
+        from .tf_runtime import quiet_stderr
+
+        with quiet_stderr():  # XNNPACK announces itself on fd 2 ("INFO: Created ... delegate")
             self._interpreter = interpreter_class()(model_content=flatbuffer, num_threads=self.threads)
         details = self._interpreter.get_input_details()[0]
         self._input = details["index"]
@@ -98,12 +100,6 @@ class LiteRTForward:
         self._interpreter.set_tensor(self._input, x)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()
-
-
-def quiet_stderr_if_possible():
-    from .tf_runtime import quiet_stderr
-
-    return quiet_stderr()  # XNNPACK announces itself on fd 2 ("INFO: Created ... delegate")
 
 
 def check_parity(model, forward: LiteRTForward, image_size: int, seed: int = 0) -> float:
@@ -141,6 +137,3 @@ def load_or_convert(key: str, describe: dict, build_model: Callable[[], object],
         {"key": key, "for": describe, "parity_relative_difference": difference}, indent=2, sort_keys=True) + "\n")
     return forward
 
-
-def describe_key(fingerprint: dict) -> dict:
-    return json.loads(canonical_json(fingerprint))

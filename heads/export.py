@@ -12,8 +12,6 @@ Formats:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -44,7 +42,9 @@ def export_run(run, fmt: str, out: Path) -> dict:
         _write_saved_model(model, size, artifact)
     else:
         artifact = out / "model.tflite"
-        artifact.write_bytes(_tflite_bytes(model, size))
+        from embedder.litert import convert
+
+        artifact.write_bytes(convert(model))
     write_text_atomic(out / "labels.txt", "".join(f"{c}\n" for c in run.classes))
     info = {
         "format": fmt,
@@ -77,19 +77,3 @@ def _write_saved_model(model, size: int, target: Path) -> None:
         "serve_uint8", lambda pixels: model(tf.cast(pixels, tf.float32), training=False),
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
     archive.write_out(str(target), verbose=False)
-
-
-def _tflite_bytes(model, size: int) -> bytes:
-    """Float32 flatbuffer with the weights frozen in (converting a concrete function that
-    captures Keras 3 variables silently drops them: NaN outputs)."""
-    from embedder.tf_runtime import import_tf, quiet_stderr
-
-    tf = import_tf()
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    try:
-        # The converter prints the SavedModel it saves on the way (stdout) and pages of
-        # MLIR passes (fd 2); neither is for the user.
-        with quiet_stderr(), contextlib.redirect_stdout(io.StringIO()):
-            return converter.convert()
-    except Exception as exc:
-        raise UsageError(f"TFLite conversion failed: {' '.join(str(exc).split())[:300]}") from None
