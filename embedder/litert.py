@@ -94,11 +94,17 @@ class LiteRTForward:
     def __call__(self, images) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
         if x.shape[0] != self._batch:
-            self._interpreter.resize_tensor_input(self._input, list(x.shape), strict=False)
-            self._interpreter.allocate_tensors()
+            from .tf_runtime import quiet_stderr
+
+            with quiet_stderr():  # XNNPACK announces its delegate on fd 2 when it is applied
+                self._interpreter.resize_tensor_input(self._input, list(x.shape), strict=False)
+                self._interpreter.allocate_tensors()
+                self._interpreter.set_tensor(self._input, x)
+                self._interpreter.invoke()
             self._batch = x.shape[0]
-        self._interpreter.set_tensor(self._input, x)
-        self._interpreter.invoke()
+        else:
+            self._interpreter.set_tensor(self._input, x)
+            self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()
 
 
