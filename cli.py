@@ -71,17 +71,20 @@ def embed_run(
     workers: Optional[int] = typer.Option(None, help="Parallel decode calls; default: the number of cores."),
     runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
                                              "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
+    shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
+                                                   "key; one cache per shard, then `embed merge`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Embed every image once; reruns embed only what is new, and resume after a crash."""
     from embedder.backbones import BackboneConfig
-    from embedder.job import EmbedOptions, run_embedding
+    from embedder.job import EmbedOptions, parse_shard, run_embedding
 
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                             layer=layer, alpha=alpha, seed=seed)
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=batch_size,
-                           manifest=manifest, parallelism=workers, runtime=runtime, progress=not quiet and not as_json)
+                           manifest=manifest, parallelism=workers, runtime=runtime,
+                           shard=parse_shard(shard) if shard else None, progress=not quiet and not as_json)
     log = (lambda m: None) if (quiet or as_json) else _err
     report = run_embedding(images, config, options, log=log)
     if as_json:
@@ -123,6 +126,32 @@ def _print_embed_report(report, quiet: bool) -> None:
         out(f"label conflicts: {len(report.label_conflicts)} images have the same bytes under different classes:")
         for conflict in report.label_conflicts[:5]:
             out(f"  {', '.join(conflict['paths'])}  ({' vs '.join(conflict['labels'])})")
+
+
+@embed_app.command("merge")
+def embed_merge(
+    out: Path = typer.Argument(..., help="The merged cache to write (a new file)."),
+    shards: List[Path] = typer.Argument(..., help="Shard caches from `embed run --shard I/N`."),
+    virtual: bool = typer.Option(False, "--virtual", help="Map the shards' features with an HDF5 virtual dataset "
+                                                          "instead of copying them (the shards must stay put)."),
+    images_root: Optional[str] = typer.Option(None, "--images-root", help="Images root to record, if the shards "
+                                                                           "name different ones."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Combine shard caches into one; checks fingerprints and that no key differs between shards."""
+    from dataclasses import asdict
+
+    from embedder.merge import merge_caches
+
+    report = merge_caches(out, shards, virtual=virtual, images_root=images_root, log=(lambda m: None) if as_json else _err)
+    if as_json:
+        _emit_json(asdict(report))
+        return
+    for warning in report.warnings:
+        _err(f"warning: {warning}")
+    kind = "virtual dataset over the shards" if report.virtual else "copy"
+    typer.echo(f"merged {len(report.shards)} shards into {report.out} ({kind}): {report.rows:,} rows, "
+               f"{report.files:,} files, {report.failures:,} failures, {report.size_bytes / 1e6:.1f} MB")
 
 
 @embed_app.command("info")

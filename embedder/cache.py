@@ -468,7 +468,7 @@ class CacheWriter:
         if missing:
             raise CacheError(f"internal: {len(missing)} files have no embedded row (first: {missing[0]})")
         images_root = str(Path(images_root).resolve())
-        digest = _content_digest(files, classes, failures, images_root, len(row_keys))
+        digest = content_digest(files, classes, failures, images_root, len(row_keys))
         unchanged = (
             self._existing is not None
             and not any(p.keys for p in self._parts)
@@ -526,35 +526,9 @@ class CacheWriter:
                     written[rows] = True
                 if not written.all():
                     raise CacheError("internal: consolidation left rows without features")
-                h5.create_dataset("embeddings/keys", data=np.asarray(row_keys, dtype=object), dtype=_STR)
-                h5.create_dataset("files/paths", data=np.asarray([f.path for f in files], dtype=object), dtype=_STR)
-                h5.create_dataset(
-                    "files/rows", data=np.asarray([key_to_row[f.key] for f in files], dtype=np.int64)
-                )
-                h5.create_dataset("files/labels", data=np.asarray([f.label for f in files], dtype=np.int64))
-                h5.create_dataset("files/splits", data=np.asarray([f.split for f in files], dtype=object), dtype=_STR)
-                h5.create_dataset("classes", data=np.asarray(list(classes), dtype=object), dtype=_STR)
-                h5.create_dataset("failures/paths", data=np.asarray([f.path for f in failures], dtype=object), dtype=_STR)
-                h5.create_dataset(
-                    "failures/reasons", data=np.asarray([f.reason for f in failures], dtype=object), dtype=_STR
-                )
-                h5.create_dataset("failures/keys", data=np.asarray([f.key for f in failures], dtype=object), dtype=_STR)
-                attrs = {
-                    "format_version": FORMAT_VERSION,
-                    "fingerprint": canonical_json(self.fingerprint),
-                    "fingerprint_text": describe(self.fingerprint),
-                    "images_root": images_root,
-                    "created": self._created(),
-                    "updated": _now(),
-                    "storage_dtype": self.dtype,
-                    "content_digest": digest,
-                    "key_algorithm": "sha256",
-                    "headstart_version": __version__,
-                    "versions": json.dumps(library_versions(), sort_keys=True),
-                }
-                attrs.update({k: v for k, v in self.extra_attrs.items() if v is not None})
-                for name, value in attrs.items():
-                    h5.attrs[name] = value
+                write_tables(h5, row_keys, key_to_row, files, classes, failures)
+                write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
+                                 self.extra_attrs)
 
     def _created(self) -> str:
         if self._existing is not None and self._existing.attrs.get("created"):
@@ -572,6 +546,44 @@ class CacheWriter:
         self._parts = []
 
 
+def write_tables(h5: h5py.File, row_keys: Sequence[str], key_to_row: Mapping[str, int],
+                 files: Sequence[FileRecord], classes: Sequence[str], failures: Sequence[Failure]) -> None:
+    """Everything of the schema but /embeddings/features."""
+
+    def strings(values) -> np.ndarray:
+        return np.asarray(list(values), dtype=object)
+
+    h5.create_dataset("embeddings/keys", data=strings(row_keys), dtype=_STR)
+    h5.create_dataset("files/paths", data=strings(f.path for f in files), dtype=_STR)
+    h5.create_dataset("files/rows", data=np.asarray([key_to_row[f.key] for f in files], dtype=np.int64))
+    h5.create_dataset("files/labels", data=np.asarray([f.label for f in files], dtype=np.int64))
+    h5.create_dataset("files/splits", data=strings(f.split for f in files), dtype=_STR)
+    h5.create_dataset("classes", data=strings(classes), dtype=_STR)
+    h5.create_dataset("failures/paths", data=strings(f.path for f in failures), dtype=_STR)
+    h5.create_dataset("failures/reasons", data=strings(f.reason for f in failures), dtype=_STR)
+    h5.create_dataset("failures/keys", data=strings(f.key for f in failures), dtype=_STR)
+
+
+def write_root_attrs(h5: h5py.File, fingerprint: Fingerprint, dtype: str, images_root: str, digest: str,
+                     created: str, extra: Mapping[str, object]) -> None:
+    attrs = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": canonical_json(fingerprint),
+        "fingerprint_text": describe(fingerprint),
+        "images_root": images_root,
+        "created": created,
+        "updated": _now(),
+        "storage_dtype": dtype,
+        "content_digest": digest,
+        "key_algorithm": "sha256",
+        "headstart_version": __version__,
+        "versions": json.dumps(library_versions(), sort_keys=True),
+    }
+    attrs.update({k: v for k, v in extra.items() if v is not None})
+    for name, value in attrs.items():
+        h5.attrs[name] = value
+
+
 def _create_features(h5: h5py.File, n: int, dim: int, dtype: str) -> h5py.Dataset:
     if n == 0 or dim == 0:
         return h5.create_dataset("embeddings/features", shape=(n, dim), dtype=dtype)
@@ -579,7 +591,7 @@ def _create_features(h5: h5py.File, n: int, dim: int, dtype: str) -> h5py.Datase
     return h5.create_dataset("embeddings/features", shape=(n, dim), dtype=dtype, chunks=(rows_per_chunk, dim))
 
 
-def _content_digest(files, classes, failures, images_root, num_rows) -> str:
+def content_digest(files, classes, failures, images_root, num_rows) -> str:
     """A digest of everything but the features, to skip rewriting an unchanged cache."""
     h = hashlib.sha256()
     h.update(f"{images_root}\0{num_rows}\0".encode())

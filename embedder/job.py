@@ -41,6 +41,7 @@ class EmbedOptions:
     manifest: Path | None = None
     parallelism: int | None = None  # decode threads; default: the core count
     runtime: str = "auto"  # 'auto' | 'tf' | 'litert' (see embedder.runtime)
+    shard: tuple[int, int] | None = None  # (index, count): embed only this shard's keys
     progress: bool = True
 
 
@@ -83,13 +84,49 @@ class EmbedReport:
         return data
 
 
-def default_cache_path(listing_root: Path, resolved: ResolvedBackbone, dtype: str, cache_dir: Path) -> Path:
-    """``cache/<folder>-<root hash>-<backbone>-<fingerprint id>.h5``: one file per image set
-    and configuration, so a second backbone never clashes with the first."""
+def default_cache_path(listing_root: Path, resolved: ResolvedBackbone, dtype: str, cache_dir: Path,
+                       shard: tuple[int, int] | None = None) -> Path:
+    """``cache/<folder>-<root hash>-<backbone>-<fingerprint id>[-shardIofN].h5``: one file per
+    image set and configuration (and shard), so a second backbone never clashes with the first."""
     root_id = hashlib.sha256(str(listing_root).encode()).hexdigest()[:6]
     storage = "" if dtype == "float16" else "-f32"
-    name = f"{listing_root.name or 'images'}-{root_id}-{resolved.short_name}-{fingerprint_id(resolved.fingerprint)}{storage}.h5"
+    part = f"-shard{shard[0]}of{shard[1]}" if shard else ""
+    name = (f"{listing_root.name or 'images'}-{root_id}-{resolved.short_name}-"
+            f"{fingerprint_id(resolved.fingerprint)}{storage}{part}.h5")
     return cache_dir / name
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (0-based: 0/3, 1/3, 2/3), as SLURM array and Kubernetes indexed jobs number."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    return check_shard((index, count))
+
+
+def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard {index}/{count}: the index counts from 0 and must be below the count")
+    return None if count == 1 else (index, count)
+
+
+def key_shard(key: str, count: int) -> int:
+    """Which of ``count`` shards a content key belongs to: disjoint and complete whatever
+    order each machine lists the files in."""
+    return int(key[:16], 16) % count
+
+
+def path_shard_key(path: str) -> str:
+    """Files without a content key (unreadable, missing) are assigned by their path."""
+    return hashlib.sha256(path.encode()).hexdigest()
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    return shard is None or key_shard(key, shard[1]) == shard[0]
 
 
 def run_embedding(
@@ -107,24 +144,29 @@ def run_embedding(
     started = time.perf_counter()
     resolved = resolve(config)
     listing = discover(images, options.manifest)
+    shard = check_shard(options.shard)
     cache_path = Path(options.cache) if options.cache else default_cache_path(
-        listing.root, resolved, options.dtype, Path(options.cache_dir))
+        listing.root, resolved, options.dtype, Path(options.cache_dir), shard)
     report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
                          ignored_files=listing.ignored_count)
     extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
-                   "layout": listing.layout}
+                   "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None}
 
     with CacheWriter(cache_path, resolved.fingerprint, options.dtype, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
         keys = _hash_listing(listing, options.progress)
-        failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing]
+        failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing
+                                   if in_shard(path_shard_key(path), shard)]
         records: list[FileRecord] = []
         label_index = listing.label_index()
         todo: dict[str, str] = {}  # key -> a path to decode it from
         seen_keys: set[str] = set()
         for image, key in zip(listing.files, keys):
             if isinstance(key, OSError):
-                failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
+                if in_shard(path_shard_key(image.path), shard):
+                    failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
+                continue
+            if not in_shard(key, shard):
                 continue
             if key in seen_keys:
                 report.duplicates += 1
