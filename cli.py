@@ -73,6 +73,12 @@ def embed_run(
                                              "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
                                                    "key; one cache per shard, then `embed merge`."),
+    precision: str = typer.Option("auto", help="float32, or mixed (Keras mixed_float16); auto: mixed on a GPU, "
+                                               "float32 on a CPU. Part of the fingerprint."),
+    jit: Optional[bool] = typer.Option(None, "--jit/--no-jit", help="XLA compilation; default: on with a GPU, off on "
+                                                                     "CPUs (measured slower there)."),
+    devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: run on several GPUs (logical CPUs "
+                                                     "without one) with MirroredStrategy; --batch-size is per device."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -80,11 +86,14 @@ def embed_run(
     from embedder.backbones import BackboneConfig
     from embedder.job import EmbedOptions, parse_shard, run_embedding
 
+    from embedder.devices import parse_devices
+
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
-                            layer=layer, alpha=alpha, seed=seed)
+                            layer=layer, alpha=alpha, seed=seed, precision=precision)
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=batch_size,
                            manifest=manifest, parallelism=workers, runtime=runtime,
-                           shard=parse_shard(shard) if shard else None, progress=not quiet and not as_json)
+                           shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
+                           progress=not quiet and not as_json)
     log = (lambda m: None) if (quiet or as_json) else _err
     report = run_embedding(images, config, options, log=log)
     if as_json:
@@ -437,15 +446,19 @@ def finetune(
     patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune (the one in --out, "
                                                          "or the newest unfinished one)."),
+    devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: train on several GPUs with "
+                                                     "MirroredStrategy; --batch-size is per device."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Fine-tune backbone + head end to end on the images, warm-started from a dense head."""
+    from embedder.devices import parse_devices
     from heads.finetune import FinetuneOptions, finetune as run_finetune
 
     options = FinetuneOptions(from_run=from_run, runs_dir=runs_dir, unfreeze=unfreeze, epochs=epochs, lr=lr,
                               batch_size=batch_size, augment=augment, images=images, cache=cache, out=out, seed=seed,
-                              patience=patience, resume=resume, progress=not quiet and not as_json)
+                              patience=patience, resume=resume, devices=parse_devices(devices),
+                              progress=not quiet and not as_json)
     report = run_finetune(options, log=(lambda m: None) if (quiet or as_json) else _err)
     if as_json:
         _emit_json(report.to_dict())
@@ -478,6 +491,7 @@ def predict(
     cache: List[Path] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
     runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
+    devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1, as for `embed run`."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -488,8 +502,10 @@ def predict(
     chosen = load_run(run) if run else best_run(runs_dir)
     if run is None and not quiet:
         _err(f"using run {chosen.path} (the best by val accuracy under {runs_dir}/)")
+    from embedder.devices import parse_devices
+
     options = PredictOptions(top_k=top_k, batch_size=batch_size, caches=cache, use_cache=not no_cache,
-                             runtime=runtime, progress=not quiet)
+                             runtime=runtime, devices=parse_devices(devices), progress=not quiet)
     report = predict_images(inputs, chosen, options, log=(lambda m: None) if quiet else _err)
     text = write_predictions(report, out, fmt)
     if text is not None:

@@ -10,6 +10,10 @@ Every measurement runs in its own process (so its peak RSS is its own), on photo
   (d) a rerun of (b) on the unchanged folder.
   Targets: (b)/(a) >= 0.9, (b)/(c) >= 1.3, (b) RSS flat in the image count, (d) <= 5% of (b).
 
+``--part devices`` (issue #5): with a GPU, images/s with mixed precision vs float32 for
+MobileNetV2, EfficientNetB0 and ResNet50 (``--precision``, ``--devices``); on a CPU, the
+2-logical-device run next to the 1-device run (no gain expected: it checks correctness).
+
 ``--part runtimes`` (issue #6): TensorFlow and LiteRT side by side for MobileNetV2,
 EfficientNetB0 and ResNet50, model only and end to end, each also as a fraction of the
 machine's measured float32 matmul peak (model FLOPs x images/s / peak FLOP/s).
@@ -70,18 +74,26 @@ def child_model(backbone: str, weights: str, runtime: str, batch: int, images: i
             "setup_seconds": setup, "peak_rss_mb": peak_rss_mb()}
 
 
-def child_embed(backbone: str, weights: str, runtime: str, batch: int, folder: str, cache: str, dtype: str) -> dict:
+def child_embed(backbone: str, weights: str, runtime: str, batch: int, folder: str, cache: str, dtype: str,
+                precision: str = "float32", devices: str = "", logical_cpus: int = 0) -> dict:
+    from embedder.devices import parse_devices
     from embedder.job import EmbedOptions, run_embedding
     from embedder.tf_runtime import import_tf
 
     import_started = time.perf_counter()
-    import_tf()  # a fixed cost of any TensorFlow approach; (c) pays it outside its clock too
+    tf = import_tf()  # a fixed cost of any TensorFlow approach; (c) pays it outside its clock too
+    if logical_cpus > 1:  # split this CPU into logical devices, as the tests do
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     start = time.perf_counter()
-    report = run_embedding(folder, _config(backbone, weights),
+    config = _config(backbone, weights)
+    config.precision = precision
+    report = run_embedding(folder, config,
                            EmbedOptions(cache=Path(cache), batch_size=batch, dtype=dtype, runtime=runtime,
-                                        progress=False))
+                                        devices=parse_devices(devices or None), progress=False))
     wall = time.perf_counter() - start
     return {"images": report.files, "embedded": report.embedded, "runtime": report.runtime,
+            "devices": report.devices, "compute_dtype": report.fingerprint["compute_dtype"],
             "loop_seconds": report.embed_s, "setup_seconds": report.setup_s, "wall_seconds": wall,
             "loop_rate": report.rate, "steady_rate": report.steady_rate, "wall_rate": report.files / wall,
             "tf_import_seconds": start - import_started, "peak_rss_mb": peak_rss_mb()}
@@ -207,9 +219,38 @@ def runtimes_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images
     }
 
 
+def devices_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images: int, devices: str,
+                 precisions: list[str]) -> None:
+    """With a GPU: mixed precision against float32 per backbone (on --devices). Without
+    one: MobileNetV2 on 2 logical CPU devices next to 1 device (correctness, not speed)."""
+    from embedder.devices import gpu_likely
+
+    folder = photo_like_jpegs(work / f"images-{images}", images)
+    result = out["devices"] = {"gpu": gpu_likely()}
+    if gpu_likely():
+        for backbone in RUNTIME_BACKBONES:
+            weights = weights_mobilenet if backbone == "MobileNetV2" else "none"
+            for precision in precisions:
+                cache = _fresh(work / f"cache-gpu-{backbone}-{precision}.h5")
+                run = run_child(SCRIPT, "embed", backbone, weights, "tf", bs, str(folder), str(cache), "float32",
+                                precision, devices, "0")
+                result[f"{backbone}_{precision}"] = {k: run[k] for k in (
+                    "steady_rate", "loop_rate", "wall_rate", "devices", "compute_dtype", "peak_rss_mb")}
+        return
+    for label, device_arg, logical in (("one_device", "", "0"), ("two_logical_cpus", "all", "2")):
+        cache = _fresh(work / f"cache-cpu-{label}.h5")
+        run = run_child(SCRIPT, "embed", "MobileNetV2", weights_mobilenet, "tf", bs, str(folder), str(cache),
+                        "float32", "float32", device_arg, logical)
+        result[label] = {k: run[k] for k in ("steady_rate", "loop_rate", "wall_rate", "devices", "peak_rss_mb")}
+    result["two_over_one"] = result["two_logical_cpus"]["steady_rate"] / result["one_device"]["steady_rate"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "pipeline", "runtimes"), default="all")
+    parser.add_argument("--part", choices=("all", "pipeline", "runtimes", "devices"), default="all")
+    parser.add_argument("--devices", default="all", help="for --part devices on a GPU machine: all, or 0,1,...")
+    parser.add_argument("--precision", default="mixed,float32", help="for --part devices on a GPU machine")
+    parser.add_argument("--device-images", type=int, default=500, help="images for --part devices")
     parser.add_argument("--sizes", default="1000,4000", help="image counts for (b); the first is used for (a, c, d)")
     parser.add_argument("--naive-sizes", default=None, help="image counts for (c); default: the first size")
     parser.add_argument("--runtime-images", default="1000,500,200",
@@ -239,6 +280,8 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         naive_sizes = [int(s) for s in (args.naive_sizes or str(sizes[0])).split(",")]
         pipeline_part(out, work, weights, dtype, bs, sizes, naive_sizes)
+    if args.part in ("all", "devices"):
+        devices_part(out, work, weights, bs, args.device_images, args.devices, args.precision.split(","))
     if args.part in ("all", "runtimes"):
         counts = dict(zip(RUNTIME_BACKBONES, (int(n) for n in args.runtime_images.split(","))))
         out["runtime_batch_size"] = args.runtime_batch_size

@@ -27,7 +27,8 @@ from .errors import BackboneError, UsageError
 POOLINGS = ("avg", "max", "flatten")
 PREPROCESS_LAYER_PREFIX = "headstart_preprocess"
 RESIZE_METHOD = "bilinear"
-COMPUTE_DTYPE = "float32"
+PRECISIONS = ("auto", "float32", "mixed")
+COMPUTE_DTYPES = {"float32": "float32", "mixed": "mixed_float16"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,18 @@ class BackboneConfig:
     layer: str | None = None
     alpha: float | None = None
     seed: int = 0
+    precision: str = "auto"  # 'auto' (mixed with a GPU, else float32) | 'float32' | 'mixed'
+
+
+def resolve_precision(precision: str) -> str:
+    """'float32' or 'mixed'; 'auto' is mixed only where a GPU is (see devices.gpu_likely)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        from .devices import gpu_likely
+
+        return "mixed" if gpu_likely() else "float32"
+    return precision
 
 
 @dataclass
@@ -165,7 +178,7 @@ def resolve(config: BackboneConfig) -> ResolvedBackbone:
         "preprocessing": spec.preprocessing,
         "layer": config.layer or "",
         "resize": RESIZE_METHOD,
-        "compute_dtype": COMPUTE_DTYPE,
+        "compute_dtype": COMPUTE_DTYPES[resolve_precision(config.precision)],
     }
     if spec.has_alpha:
         fingerprint["alpha"] = float(config.alpha if config.alpha is not None else 1.0)
@@ -200,7 +213,7 @@ def _resolve_model_file(config: BackboneConfig) -> ResolvedBackbone:
         "preprocessing": "model",
         "layer": config.layer or "",
         "resize": RESIZE_METHOD,
-        "compute_dtype": COMPUTE_DTYPE,
+        "compute_dtype": COMPUTE_DTYPES[resolve_precision(config.precision)],
     }
     return ResolvedBackbone(config, None, config.image_size, fingerprint)
 
@@ -233,11 +246,12 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
             if not weights or not Path(weights).is_file():
                 raise UsageError(
                     f"the weights file {weights or '(unknown)'} ({weights_id[:19]}…) is gone; restore it to rebuild the backbone")
+    precision = {v: k for k, v in COMPUTE_DTYPES.items()}.get(fingerprint.get("compute_dtype", "float32"), "float32")
     config = BackboneConfig(
         backbone=backbone, weights=weights, seed=seed,
         image_size=int(fingerprint.get("input_size") or 0) or None,
         pooling=fingerprint.get("pooling", "avg"), layer=fingerprint.get("layer") or None,
-        alpha=fingerprint.get("alpha"),
+        alpha=fingerprint.get("alpha"), precision=precision,
     )
     resolved = resolve(config)
     require_same(resolved.fingerprint, fingerprint, "the backbone rebuilt now", "the one recorded")
@@ -251,28 +265,37 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
 def build_backbone(resolved: ResolvedBackbone):
     """The frozen feature extractor for ``resolved``: pixels [0, 255] -> pooled features.
 
-    For a model file whose input size was not given, this also fills in
-    ``resolved.image_size`` and the fingerprint's ``input_size``.
+    For a model file, this also fills in ``resolved.image_size`` (the fingerprint keeps 0:
+    the file's own size). With ``compute_dtype`` mixed_float16 the network computes in
+    float16 (Keras mixed precision) and still returns float32 features.
     """
     from .tf_runtime import import_keras
 
     keras = import_keras()
-    if resolved.spec is None:
-        base, size = _load_model_file(keras, resolved)
-        resolved.image_size = size
-        resolved.fingerprint["input_size"] = size
-        preprocessing = "model"
-    else:
-        base = _build_application(keras, resolved)
-        size = resolved.image_size
-        preprocessing = resolved.spec.preprocessing
-    base = _select_layer(keras, base, resolved.config.layer)
-    base.trainable = False
+    mixed = resolved.fingerprint.get("compute_dtype") == COMPUTE_DTYPES["mixed"]
+    previous = keras.mixed_precision.global_policy()
+    if mixed:  # every layer built below computes in float16, keeps float32 weights
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        if resolved.spec is None:
+            base, size = _load_model_file(keras, resolved)
+            resolved.image_size = size
+            preprocessing = "model"
+        else:
+            base = _build_application(keras, resolved)
+            size = resolved.image_size
+            preprocessing = resolved.spec.preprocessing
+        base = _select_layer(keras, base, resolved.config.layer)
+        base.trainable = False
 
-    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
-    x = preprocessing_layers(keras, preprocessing)(inputs)
-    x = base(x, training=False)
-    x = _pool(keras, x, resolved.config.pooling)
+        inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
+        x = preprocessing_layers(keras, preprocessing)(inputs)
+        x = base(x, training=False)
+        x = _pool(keras, x, resolved.config.pooling)
+        if mixed:  # features leave the network as float32 whatever it computed in
+            x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     model = keras.Model(inputs, x, name=f"headstart_{resolved.short_name}")
     model.trainable = False
     return model

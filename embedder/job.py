@@ -42,6 +42,8 @@ class EmbedOptions:
     parallelism: int | None = None  # decode threads; default: the core count
     runtime: str = "auto"  # 'auto' | 'tf' | 'litert' (see embedder.runtime)
     shard: tuple[int, int] | None = None  # (index, count): embed only this shard's keys
+    jit: bool | None = None  # XLA; None: on with a GPU, off without
+    devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
     progress: bool = True
 
 
@@ -62,6 +64,8 @@ class EmbedReport:
     label_conflicts: list[dict] = field(default_factory=list)  # {key, paths, labels}
     warnings: list[str] = field(default_factory=list)
     runtime: str = ""  # what ran the backbone this time ('' when nothing was embedded)
+    devices: int = 0  # how many devices ran it (MirroredStrategy when > 1)
+    jit: bool = False
     rewritten: bool = False
     cache_bytes: int = 0
     elapsed_s: float = 0.0
@@ -191,10 +195,10 @@ def run_embedding(
             else:
                 kept.append(record)
         report.label_conflicts = _label_conflicts(kept, listing.classes)
-        if report.runtime:
-            writer.extra_attrs["runtime"] = report.runtime
-        elif writer.existing_attrs.get("runtime"):
-            writer.extra_attrs["runtime"] = writer.existing_attrs["runtime"]
+        for name, value in (("runtime", report.runtime), ("jit", report.jit if report.runtime else None),
+                            ("devices", report.devices or None)):
+            # how the rows were computed; kept from the last run that embedded any
+            writer.extra_attrs[name] = value if report.runtime else writer.existing_attrs.get(name)
         result = writer.finish(kept, listing.classes, failures, listing.root)
 
     report.files = len(kept)
@@ -240,9 +244,13 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
 
     # Flatbuffers live beside the cache they serve (cache/litert/ for default caches).
     forward = make_forward(options.runtime, fingerprint_key(resolved.fingerprint), build_model,
-                           Path(writer.path).parent, describe=resolved.fingerprint, log=log)
+                           Path(writer.path).parent, describe=resolved.fingerprint, log=log, jit=options.jit,
+                           devices=options.devices,
+                           mixed_precision=resolved.fingerprint.get("compute_dtype") == "mixed_float16")
     resolved.image_size = forward.image_size
     report.runtime = forward.runtime
+    report.devices = forward.replicas
+    report.jit = forward.jit
     log(f"runtime: {forward.runtime} ({forward.reason})")
     report.setup_s = time.perf_counter() - setup_started
     keys = list(todo)
@@ -252,7 +260,8 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
     loop_started = time.perf_counter()
     with tqdm(total=len(keys), desc="embedding", unit="img", disable=not options.progress,
               dynamic_ncols=True, mininterval=0.5) as bar:
-        for batch in embed_batches(forward, paths, resolved.image_size, options.batch_size, options.parallelism):
+        global_batch = options.batch_size * forward.replicas  # --batch-size is per device
+        for batch in embed_batches(forward, paths, resolved.image_size, global_batch, options.parallelism):
             if not checked and len(batch.indices):
                 check_features(batch.features, options.dtype, describe(resolved.fingerprint))
                 _warn_if_flatten_is_big(resolved, batch.features.shape[1], len(writer.known_keys) + len(todo),

@@ -19,6 +19,7 @@ fine-tune from its last finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import shutil
@@ -32,6 +33,7 @@ import numpy as np
 
 from embedder.atomic import atomic_path, write_text_atomic
 from embedder.cache import library_versions, open_cache
+from embedder.devices import mirrored_strategy, select_devices
 from embedder.errors import BackboneError, UsageError
 from embedder.fingerprint import require_same
 from embedder.hashing import hash_files
@@ -59,6 +61,7 @@ class FinetuneOptions:
     seed: int = 0
     patience: int = 3
     resume: bool = False
+    devices: str | list[int] | None = None  # several devices: MirroredStrategy (batch_size is per device)
     progress: bool = True
 
 
@@ -185,7 +188,8 @@ def _select_examples(cache, run, images_root: Path, report: FinetuneReport) -> t
     return build("train"), build("val")
 
 
-def _dataset(examples: _Examples, num_classes: int, size: int, batch: int, training: bool, augment: bool, seed: int):
+def _dataset(examples: _Examples, num_classes: int, size: int, batch: int, training: bool, augment: bool, seed: int,
+             drop_remainder: bool = False):
     from embedder.pipeline import default_parallelism, load_image
     from embedder.tf_runtime import import_keras, import_tf
 
@@ -195,7 +199,7 @@ def _dataset(examples: _Examples, num_classes: int, size: int, batch: int, train
         ds = ds.shuffle(len(examples.paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda p, y: (load_image(tf, p, size), tf.one_hot(y, num_classes)),
                 num_parallel_calls=default_parallelism(), deterministic=True)
-    ds = ds.ignore_errors().batch(batch)
+    ds = ds.ignore_errors().batch(batch, drop_remainder=drop_remainder)
     if training and augment:
         augmenter = augmentation(keras, seed)
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=1, deterministic=True)
@@ -382,25 +386,28 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     keras = import_keras()
     resolved = resolve_backbone(run.meta)
     num_classes = len(run.classes)
-    if state["epochs_done"] == 0 and not state.get("model_file"):
-        keras.utils.set_random_seed(opts["seed"])
-        backbone = build_backbone(resolved)
-        size = int(resolved.image_size)  # known once built (a model file's own size)
-        model = compose(backbone, run.keras_head(), name="headstart_finetuned")
-        report.warm_start = check_warm_start(backbone, model, run, cache, val if val.paths else train, size)
-        state["warm_start"] = report.warm_start
-        names, clamped = unfreeze_top(backbone, opts["unfreeze"])
-        state["unfrozen_layers"], state["unfreeze_clamped"] = names, clamped
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=float(run.meta.get("params", {}).get("label_smoothing", 0.0) or 0.0))
-        model.compile(optimizer=keras.optimizers.Adam(opts["lr"]), loss=loss, metrics=["accuracy"])
-    else:
-        keras.utils.set_random_seed(opts["seed"] + state["epochs_done"])
-        model_file = run_dir / CHECKPOINT_DIR / state["model_file"]
-        model = keras.models.load_model(model_file, compile=True)
-        size = int(model.inputs[0].shape[1])
-        report.resumed_from_epoch = state["epochs_done"]
-        report.warm_start = state.get("warm_start", {})
-        log(f"resuming {run_dir} after epoch {state['epochs_done']}")
+    strategy = mirrored_strategy(select_devices(opts.get("devices")))
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if state["epochs_done"] == 0 and not state.get("model_file"):
+            keras.utils.set_random_seed(opts["seed"])
+            backbone = build_backbone(resolved)
+            size = int(resolved.image_size)  # known once built (a model file's own size)
+            model = compose(backbone, run.keras_head(), name="headstart_finetuned")
+            report.warm_start = check_warm_start(backbone, model, run, cache, val if val.paths else train, size)
+            state["warm_start"] = report.warm_start
+            names, clamped = unfreeze_top(backbone, opts["unfreeze"])
+            state["unfrozen_layers"], state["unfreeze_clamped"] = names, clamped
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=float(run.meta.get("params", {}).get("label_smoothing", 0.0) or 0.0))
+            model.compile(optimizer=keras.optimizers.Adam(opts["lr"]), loss=loss, metrics=["accuracy"])
+        else:
+            keras.utils.set_random_seed(opts["seed"] + state["epochs_done"])
+            model_file = run_dir / CHECKPOINT_DIR / state["model_file"]
+            model = keras.models.load_model(model_file, compile=True)
+            size = int(model.inputs[0].shape[1])
+            report.resumed_from_epoch = state["epochs_done"]
+            report.warm_start = state.get("warm_start", {})
+            log(f"resuming {run_dir} after epoch {state['epochs_done']}")
     report.unfrozen_layers = state["unfrozen_layers"]
     report.unfreeze_clamped = state["unfreeze_clamped"]
     if report.unfreeze_clamped:
@@ -408,9 +415,21 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
                                f"layers with weights; unfroze all of them")
     log(f"unfrozen ({len(report.unfrozen_layers)}): {', '.join(report.unfrozen_layers) or 'none (head only)'}")
 
-    train_ds = _dataset(train, num_classes, size, opts["batch_size"], True, opts["augment"], opts["seed"] + state["epochs_done"])
-    val_ds = _dataset(val, num_classes, size, opts["batch_size"], False, False, opts["seed"])
-    steps = -(-len(train.paths) // opts["batch_size"])
+    batch = opts["batch_size"] * replicas  # --batch-size is per device
+    # Several devices: Keras splits each batch over the replicas and fails on uneven or empty
+    # slices, so under MirroredStrategy the batches fit() sees are whole multiples of the
+    # device count: training drops the ragged last batch (other images each epoch, as it
+    # reshuffles) and the validation loss that drives early stopping skips at most
+    # devices-1 images. The final metrics use every validation image.
+    if replicas > 1 and min(len(train.paths), len(val.paths)) < batch:
+        raise UsageError(f"{replicas} devices with --batch-size {opts['batch_size']} need at least {batch} "
+                         f"training and validation images each; lower --batch-size or --devices")
+    val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"])
+    train_ds = _dataset(train, num_classes, size, batch, True, opts["augment"], opts["seed"] + state["epochs_done"],
+                        drop_remainder=replicas > 1)
+    fit_val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"], drop_remainder=True) \
+        if replicas > 1 else val_ds
+    steps = len(train.paths) // batch if replicas > 1 else -(-len(train.paths) // batch)
 
     def bar_factory(epoch):
         if not options.progress:
@@ -423,7 +442,7 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
         with warnings.catch_warnings():
             # tf.data after ignore_errors() has no known length; Keras warns at every epoch end
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(train_ds, validation_data=val_ds, epochs=opts["epochs"], initial_epoch=state["epochs_done"],
+            model.fit(train_ds, validation_data=fit_val_ds, epochs=opts["epochs"], initial_epoch=state["epochs_done"],
                       callbacks=[checkpointer], verbose=0, shuffle=False)
     best = state["best"]
     if best.get("weights"):
@@ -464,6 +483,7 @@ def _prepare_run_dir(options: FinetuneOptions, log) -> tuple[Path, dict]:
             "batch_size": options.batch_size, "augment": options.augment, "seed": options.seed,
             "patience": options.patience, "images": str(options.images) if options.images else None,
             "cache": str(options.cache) if options.cache else None,
+            "devices": options.devices,
         },
         "epochs_done": 0, "history": [], "best": {"val_loss": float("inf")}, "wait": 0,
         "model_file": None, "unfrozen_layers": [], "unfreeze_clamped": False,

@@ -31,6 +31,7 @@ class PredictOptions:
     cache_dir: Path = Path("cache")
     use_cache: bool = True
     runtime: str = "auto"  # 'auto' | 'tf' | 'litert'
+    devices: str | list[int] | None = None  # several devices: MirroredStrategy (batch_size is per device)
     progress: bool = True
 
 
@@ -170,7 +171,7 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
         paths = [str(files[i][1]) for i in todo]
         with tqdm(total=len(todo), desc="predicting", unit="img", disable=not options.progress,
                   dynamic_ncols=True, mininterval=0.5) as bar:
-            for batch in embed_batches(forward, paths, forward.image_size, options.batch_size):
+            for batch in embed_batches(forward, paths, forward.image_size, options.batch_size * forward.replicas):
                 out = batch.features if to_probabilities is None else to_probabilities(batch.features)
                 for j, p in zip(batch.indices, out):
                     probabilities[todo[j]] = p
@@ -200,11 +201,13 @@ def _forward_for(run, finetuned: bool, options: PredictOptions, log):
         model_file = Path(run.path) / run.meta.get("model_file", "model.keras")
         key = f"model-{content_key(model_file)[:16]}"
         forward = make_forward(options.runtime, key, lambda: load_full_model(run)[0], Path(options.cache_dir),
-                               describe={"run": str(run.path)}, log=log)
+                               describe={"run": str(run.path)}, log=log, devices=options.devices,
+                               mixed_precision=run.fingerprint.get("compute_dtype") == "mixed_float16")
         return forward, None
     resolved = resolve_backbone(run.meta)
     forward = make_forward(options.runtime, fingerprint_key(run.fingerprint), lambda: build_backbone(resolved),
-                           Path(options.cache_dir), describe=run.fingerprint, log=log)
+                           Path(options.cache_dir), describe=run.fingerprint, log=log, devices=options.devices,
+                           mixed_precision=run.fingerprint.get("compute_dtype") == "mixed_float16")
     return forward, run.predict_proba
 
 
