@@ -107,9 +107,6 @@ class Cache:
         """One feature row per file (``[M, D]``), in the order of :attr:`paths`."""
         return self.load_features(dtype)[self.rows]
 
-    def key_of_file(self) -> np.ndarray:
-        return self.keys[self.rows]
-
 
 @contextlib.contextmanager
 def _open_h5(path: Path) -> Iterator[h5py.File]:

@@ -25,10 +25,6 @@ def content_key(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def bytes_key(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def hash_files(
     paths: Iterable[Path],
     workers: int = 8,
