@@ -79,6 +79,11 @@ def embed_run(
                                                                      "CPUs (measured slower there)."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: run on several GPUs (logical CPUs "
                                                      "without one) with MirroredStrategy; --batch-size is per device."),
+    views: Optional[int] = typer.Option(None, "--views", help="Also cache K augmented views per image (flip, crop/zoom, "
+                                                              "rotation, brightness/contrast) for `head train --views`; "
+                                                              "default: as many as the cache holds."),
+    views_seed: Optional[int] = typer.Option(None, "--views-seed", help="Seed of the views; default: the cache's own, "
+                                                                        "or 0."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -93,7 +98,7 @@ def embed_run(
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=batch_size,
                            manifest=manifest, parallelism=workers, runtime=runtime,
                            shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
-                           progress=not quiet and not as_json)
+                           views=views, views_seed=views_seed, progress=not quiet and not as_json)
     log = (lambda m: None) if (quiet or as_json) else _err
     report = run_embedding(images, config, options, log=log)
     if as_json:
@@ -114,6 +119,13 @@ def _print_embed_report(report, quiet: bool) -> None:
                        f"{steady}) plus {report.setup_s:.1f} s of model set-up")
         else:
             typer.echo("nothing new to embed: the cache already holds every image's bytes")
+        if report.views_embedded:
+            typer.echo(f"embedded {report.views_embedded:,} augmented views in {report.views_s:.1f} s "
+                       f"({report.views_rate:.1f} views/s)")
+        if report.views:
+            missing = (f"; {report.views_missing:,} rows whose files are gone lack some"
+                       if report.views_missing else "")
+            typer.echo(f"views: {report.views} per image (seed {report.views_seed}){missing}")
         typer.echo(f"reused {report.reused:,}; skipped {len(report.skipped):,}; total {report.elapsed_s:.1f} s")
         extra = f", {report.duplicates:,} duplicate files" if report.duplicates else ""
         typer.echo(f"cache: {report.cache_path} ({report.rows:,} rows for {report.files:,} files{extra}, "
@@ -181,6 +193,8 @@ def embed_info(
     typer.echo(f"backbone:    {info['fingerprint_text']}")
     typer.echo(f"images:      {info['images_root']} ({info['layout'] or 'layout unknown'})")
     typer.echo(f"features:    {info['rows']:,} rows x {info['dim']:,} {info['storage_dtype']}")
+    if info["views"]:
+        typer.echo(f"views:       {info['views']['count']} augmented views per row (seed {info['views']['seed']})")
     typer.echo(f"files:       {info['files']:,} ({info['duplicate_files']:,} share bytes with another)")
     typer.echo(f"written:     created {info['created']}, updated {info['updated']}")
     splits = sorted({s for counts in info["counts"].values() for s in counts})
@@ -258,6 +272,10 @@ def head_train(
     k: Optional[int] = typer.Option(None, "--k", help=_HEAD_HELP["k"]),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
     seed: Optional[int] = typer.Option(None, help=_HEAD_HELP["seed"]),
+    views: bool = typer.Option(False, "--views", help="Also train on the cached augmented views of the training "
+                                                      "images (`embed run --views K`); validation stays clean."),
+    max_views: Optional[int] = typer.Option(None, "--max-views", help="With --views: use only the first N views "
+                                                                      "of each image [all]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default: runs/<timestamp>-<head>."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where default run folders go."),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where to look for the newest cache."),
@@ -268,12 +286,13 @@ def head_train(
 
     Exit 1 when images had to be left out (same bytes under two classes).
     """
-    from heads.params import make_params
+    from heads.params import make_params, views_option
     from heads.train import train_head
 
     params = make_params(head, epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden or None, dropout=dropout,
                          l2=l2, label_smoothing=label_smoothing, patience=patience, class_weight=class_weight,
-                         standardize=standardize, C=c, max_iter=max_iter, k=k, val_fraction=val_fraction, seed=seed)
+                         standardize=standardize, C=c, max_iter=max_iter, k=k, val_fraction=val_fraction, seed=seed,
+                         views=views_option(views, max_views))
     report = train_head(params, cache=cache, out=out, runs_dir=runs_dir, cache_dir=cache_dir,
                         log=(lambda m: None) if (quiet or as_json) else _err, progress=not quiet and not as_json)
     if as_json:
@@ -300,7 +319,9 @@ def _print_train_report(report, quiet: bool) -> None:
         typer.echo(f"run:    {report.run}")
         typer.echo(f"head:   {report.head_type} {describe_params(report.params)}{epochs}")
         test = f" / {counts['test']:,} test" if counts.get("test") else ""
-        typer.echo(f"data:   {counts['train']:,} train / {counts['val']:,} val{test} images, "
+        extra = report.split.get("train_views")
+        extra = f" (+{extra['examples']:,} augmented views)" if extra else ""
+        typer.echo(f"data:   {counts['train']:,} train{extra} / {counts['val']:,} val{test} images, "
                    f"{len(report.classes)} classes (split: {report.split['source']}); {report.cache}")
         top = "".join(f"  top-{k} {v:.4f}" for k, v in (m.get("top_k_accuracy") or {}).items())
         typer.echo(f"val:    accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "

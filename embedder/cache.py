@@ -11,6 +11,9 @@ Schema (DESIGN.md; ``format_version`` 1)::
     /classes              [C]    str   class names, sorted
     /failures/paths, /failures/reasons   [F] str   files that could not be used, and why
     /failures/keys        [F]    str   (extra) their content keys, '' if unreadable
+    /embeddings/views     [N, K, D]    (extra, ``embed run --views K``) augmented views per row
+    /embeddings/views_done [N, K] bool (extra) which views exist (a row whose file is gone
+                                       from the folder cannot get new ones)
     root attributes: format_version, fingerprint (JSON), images_root, created, versions, ...
 
 Crash safety. A writer never modifies a finished cache file in place. While it works, each
@@ -48,6 +51,7 @@ STORAGE_DTYPES = ("float16", "float32")
 _CHUNK_BYTES = 1 << 20
 _COPY_ROWS = 16384
 _PART_RE = re.compile(r"^part-(\d{6,})\.npz$")
+_VIEWS_PART_RE = re.compile(r"^views-(\d{6,})\.npz$")
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -73,6 +77,7 @@ class Cache:
     failure_reasons: list[str]
     feature_shape: tuple[int, int]
     feature_dtype: str
+    views: dict | None = None  # {count, seed, augmentation} when the cache holds augmented views
 
     @property
     def images_root(self) -> Path:
@@ -106,6 +111,37 @@ class Cache:
     def file_features(self, dtype: str = "float32") -> np.ndarray:
         """One feature row per file (``[M, D]``), in the order of :attr:`paths`."""
         return self.load_features(dtype)[self.rows]
+
+    @property
+    def num_views(self) -> int:
+        return int(self.views["count"]) if self.views else 0
+
+    def load_views(self, rows: np.ndarray, limit: int | None = None,
+                   dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+        """Augmented views of some rows: ``[len(rows), K, D]`` and which exist ``[len(rows), K]``.
+
+        ``limit`` keeps the first views only (views are independent draws, so the first four
+        of eight are exactly what a ``--views 4`` run would have made). Read in row blocks, so
+        the float16 -> float32 copy never doubles the whole array in memory.
+        """
+        if not self.num_views:
+            raise CacheError(f"cache {self.path} holds no augmented views; run `headstart embed run ... --views K`")
+        k = self.num_views if limit is None else max(0, min(int(limit), self.num_views))
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), k, self.dim), dtype=dtype)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        with _open_h5(self.path) as h5:
+            views, done = h5["embeddings/views"], h5["embeddings/views_done"]
+            done_all = done[:, :k].astype(bool)
+            block = max(1, _COPY_ROWS // max(1, k))
+            if len(rows):  # one pass over the wanted range, a block of rows at a time
+                for lo in range(int(sorted_rows[0]), int(sorted_rows[-1]) + 1, block):
+                    a, b = np.searchsorted(sorted_rows, [lo, lo + block])
+                    if a < b:
+                        chunk = views[lo:min(lo + block, self.num_rows), :k]
+                        out[order[a:b]] = chunk[sorted_rows[a:b] - lo]
+        return out, done_all[rows]
 
 
 @contextlib.contextmanager
@@ -192,8 +228,25 @@ def open_cache(path: str | os.PathLike) -> Cache:
             feature_dtype=str(features.dtype),
         )
         cache.attrs["_failure_keys"] = [] if failure_keys is None else [str(k) for k in _str_array(failure_keys)]
+        cache.views = _views_record(path, attrs, h5, cache.feature_shape)
     _check_consistency(cache)
     return cache
+
+
+def _views_record(path: Path, attrs: dict, h5: h5py.File, feature_shape: tuple[int, int]) -> dict | None:
+    if "views" not in attrs:
+        return None
+    try:
+        record = json.loads(attrs["views"])
+        count = int(record["count"])
+    except (TypeError, ValueError, KeyError):
+        raise CacheError(f"{path} has an unreadable 'views' attribute") from None
+    views = h5.get("embeddings/views")
+    done = h5.get("embeddings/views_done")
+    expected = (feature_shape[0], count, feature_shape[1])
+    if views is None or done is None or tuple(views.shape) != expected or tuple(done.shape) != expected[:2]:
+        raise CacheError(f"{path}: /embeddings/views does not match its 'views' attribute ({expected})")
+    return record
 
 
 def _check_consistency(cache: Cache) -> None:
@@ -262,6 +315,7 @@ class FinishResult:
     num_rows: int
     num_files: int
     size_bytes: int
+    views_missing: int = 0  # rows lacking some of their augmented views (their files are gone)
 
 
 @dataclass
@@ -269,6 +323,13 @@ class _Part:
     path: Path
     keys: list[str]
     failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _ViewPart:
+    path: Path
+    keys: list[str]  # one entry per view in the part (a key repeats for its views)
+    views: np.ndarray  # [E] view index of each entry
 
 
 class CacheWriter:
@@ -297,6 +358,13 @@ class CacheWriter:
         self._lock_fh = None
         self._existing: Cache | None = None
         self._parts: list[_Part] = []
+        self._view_parts: list[_ViewPart] = []
+        self._views_stamp: dict | None = None  # the views record of unfinished view parts
+        self.views_record: dict | None = None  # set by set_views(); else the cache's own
+        self._done_views: set[tuple[str, int]] = set()  # (key, view) in view parts
+        self._existing_views_done: np.ndarray | None = None
+        self._existing_rows: dict[str, int] = {}
+        self._views_missing = 0
         self._next_part = 0
         self._dim: int | None = None
         self.known_keys: set[str] = set()
@@ -357,6 +425,10 @@ class CacheWriter:
                 )
             self._existing = existing
             self.known_keys.update(str(k) for k in existing.keys)
+            if existing.views:
+                with _open_h5(existing.path) as h5:
+                    self._existing_views_done = h5["embeddings/views_done"][...].astype(bool)
+                self._existing_rows = {str(k): i for i, k in enumerate(existing.keys)}
             if existing.num_rows:
                 self._dim = existing.dim
             for key, reason in zip(existing.attrs["_failure_keys"], existing.failure_reasons):
@@ -368,7 +440,18 @@ class CacheWriter:
             if stamp.exists():
                 require_same(json.loads(stamp.read_text()), self.fingerprint,
                              f"unfinished parts in {self.parts_dir}", "this run")
+            views_stamp = self.parts_dir / "views.json"
+            if views_stamp.exists():
+                self._views_stamp = json.loads(views_stamp.read_text())
             for entry in sorted(self.parts_dir.iterdir()):
+                view_match = _VIEWS_PART_RE.match(entry.name)
+                if view_match:
+                    self._next_part = max(self._next_part, int(view_match.group(1)) + 1)
+                    view_part = self._read_view_part_index(entry)
+                    if view_part is not None:
+                        self._view_parts.append(view_part)
+                        self._done_views.update(zip(view_part.keys, view_part.views.tolist()))
+                    continue
                 match = _PART_RE.match(entry.name)
                 if not match:
                     continue
@@ -398,6 +481,18 @@ class CacheWriter:
             entry.unlink(missing_ok=True)
             return None
         return _Part(entry, keys, failed)
+
+    def _read_view_part_index(self, entry: Path) -> _ViewPart | None:
+        try:
+            with np.load(entry, allow_pickle=False) as data:
+                keys = [str(k) for k in data["keys"]]
+                views = data["views"].astype(np.int64)
+                if data["features"].shape[0] != len(keys) or len(views) != len(keys):
+                    raise ValueError("inconsistent view part")
+        except Exception:
+            entry.unlink(missing_ok=True)  # damage from outside (renames are atomic): redo its views
+            return None
+        return _ViewPart(entry, keys, views)
 
     # -- adding rows -------------------------------------------------------------------
 
@@ -449,6 +544,108 @@ class CacheWriter:
         self.known_keys.update(keys)
         self.known_failures.update(failed)
 
+    # -- augmented views ---------------------------------------------------------------
+
+    @property
+    def existing_views(self) -> dict | None:
+        """The views record of the finished cache (None when it holds no views)."""
+        return dict(self._existing.views) if self._existing is not None and self._existing.views else None
+
+    def set_views(self, count: int, seed: int, augmentation: Mapping) -> dict:
+        """Declare the augmented views the cache holds from now on and return their record.
+
+        Views made with another seed or recipe are different data, so mixing them is an
+        error; a smaller ``count`` than the cache already holds keeps what is there.
+        """
+        record = {"count": int(count), "seed": int(seed), "augmentation": dict(augmentation)}
+        for where, other in (("cache " + str(self.path), self.existing_views),
+                             (f"unfinished view parts in {self.parts_dir}", self._views_stamp)):
+            if other and (other["seed"], other["augmentation"]) != (record["seed"], record["augmentation"]):
+                raise CacheError(
+                    f"{where} holds views made with seed {other['seed']} (augmentation v"
+                    f"{other['augmentation'].get('version')}); pass --views-seed {other['seed']}, or --cache to "
+                    f"write the new views elsewhere")
+        if self.existing_views:
+            record["count"] = max(record["count"], int(self.existing_views["count"]))
+        self.views_record = record
+        return record
+
+    def has_view(self, key: str, view: int) -> bool:
+        if (key, view) in self._done_views:
+            return True
+        row = self._existing_rows.get(key)
+        done = self._existing_views_done
+        return row is not None and done is not None and view < done.shape[1] and bool(done[row, view])
+
+    def add_view_part(self, keys: Sequence[str], views: Sequence[int], features: np.ndarray) -> None:
+        """Durably store one batch of views: entry i is view ``views[i]`` of ``keys[i]``."""
+        if self.views_record is None:
+            raise CacheError("internal: add_view_part before set_views")
+        if not len(keys):
+            return
+        features = np.asarray(features)
+        if features.ndim != 2 or len(features) != len(keys) or len(views) != len(keys):
+            raise ValueError("keys, views and features differ in length")
+        if self._dim is not None and features.shape[1] != self._dim:
+            raise CacheError(f"views have {features.shape[1]} values per row, the cache {self._dim}")
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.parts_dir / "views.json"
+        if not stamp.exists():
+            write_text_atomic(stamp, canonical_json({k: v for k, v in self.views_record.items() if k != "count"}))
+        part_path = self.parts_dir / f"views-{self._next_part:06d}.npz"
+        self._next_part += 1
+        with atomic_path(part_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keys=np.asarray(list(keys), dtype="U64"), views=np.asarray(views, dtype=np.int32),
+                         features=features.astype(self.dtype, copy=False))
+        self._view_parts.append(_ViewPart(part_path, list(keys), np.asarray(views, dtype=np.int64)))
+        self._done_views.update(zip(keys, (int(v) for v in views)))
+
+    def _write_views(self, h5: h5py.File, row_keys: Sequence[str], key_to_row: Mapping[str, int],
+                     record: dict) -> None:
+        """``/embeddings/views`` [N, K, D] and ``views_done`` [N, K]: the old cache's views
+        copied in row blocks, then each view part written as one read-modify-write of the
+        row span it covers (parts hold consecutive images, so spans are short)."""
+        n, k, dim = len(row_keys), int(record["count"]), self._dim or 0
+        done = np.zeros((n, k), dtype=bool)
+        if n and dim and k:
+            rows_per_chunk = max(1, min(n, _CHUNK_BYTES // (k * dim * np.dtype(self.dtype).itemsize)))
+            views = h5.create_dataset("embeddings/views", shape=(n, k, dim), dtype=self.dtype,
+                                      chunks=(rows_per_chunk, k, dim))
+        else:
+            views = h5.create_dataset("embeddings/views", shape=(n, k, dim), dtype=self.dtype)
+        if self._existing is not None and self._existing.views and n and dim:
+            with h5py.File(self._existing.path, "r") as old:
+                src, old_done = old["embeddings/views"], old["embeddings/views_done"]
+                k_old = min(k, src.shape[1])
+                block = max(1, _COPY_ROWS // max(1, k_old))
+                for start in range(0, src.shape[0], block):
+                    stop = min(start + block, src.shape[0])
+                    views[start:stop, :k_old] = src[start:stop, :k_old]
+                done[: src.shape[0], :k_old] = old_done[:, :k_old]
+        for part in self._view_parts:
+            pairs = [(key_to_row.get(key), int(v), i) for i, (key, v) in enumerate(zip(part.keys, part.views))]
+            pairs = [(r, v, i) for r, v, i in pairs if r is not None and v < k]
+            if not pairs or not dim:
+                continue
+            with np.load(part.path, allow_pickle=False) as data:
+                block = data["features"]
+            rows = np.asarray([r for r, _, _ in pairs])
+            cols = np.asarray([v for _, v, _ in pairs])
+            entries = np.asarray([i for _, _, i in pairs])
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            if hi - lo <= 4 * len(pairs) + 64:
+                span = views[lo:hi]
+                span[rows - lo, cols] = block[entries]
+                views[lo:hi] = span
+            else:
+                for r, v, i in pairs:
+                    views[r, v] = block[i]
+            done[rows, cols] = True
+        h5.create_dataset("embeddings/views_done", data=done)
+        h5.attrs["views"] = canonical_json(record)
+        self._views_missing = int(np.sum(~done.all(axis=1))) if k else 0
+
     # -- consolidation -----------------------------------------------------------------
 
     def finish(
@@ -466,16 +663,22 @@ class CacheWriter:
             raise CacheError(f"internal: {len(missing)} files have no embedded row (first: {missing[0]})")
         images_root = str(Path(images_root).resolve())
         digest = content_digest(files, classes, failures, images_root, len(row_keys))
+        views = self.views_record or self.existing_views
         unchanged = (
             self._existing is not None
             and not any(p.keys for p in self._parts)
+            and not self._view_parts
+            and (views or {}).get("count") == (self.existing_views or {}).get("count")
             and self._existing.attrs.get("content_digest") == digest
         )
         if not unchanged:
             self._write_consolidated(row_keys, key_to_row, files, classes, failures, images_root, digest)
+        elif self._existing_views_done is not None:
+            self._views_missing = int(np.sum(~self._existing_views_done.all(axis=1)))
         self._drop_parts()
         size = self.path.stat().st_size
-        return FinishResult(rewritten=not unchanged, num_rows=len(row_keys), num_files=len(files), size_bytes=size)
+        return FinishResult(rewritten=not unchanged, num_rows=len(row_keys), num_files=len(files), size_bytes=size,
+                            views_missing=self._views_missing)
 
     def _row_keys(self) -> list[str]:
         keys = [str(k) for k in self._existing.keys] if self._existing is not None else []
@@ -526,6 +729,9 @@ class CacheWriter:
                 write_tables(h5, row_keys, key_to_row, files, classes, failures)
                 write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
                                  self.extra_attrs)
+                views = self.views_record or self.existing_views
+                if views:
+                    self._write_views(h5, row_keys, key_to_row, views)
 
     def _created(self) -> str:
         if self._existing is not None and self._existing.attrs.get("created"):

@@ -20,7 +20,7 @@ def cache_info(path: str | Path) -> dict:
     failures = Counter(cache.failure_reasons)
     referenced = len(set(cache.rows.tolist()))
     parts = parts_dir_for(path)
-    pending = len(list(parts.glob("part-*.npz"))) if parts.is_dir() else 0
+    pending = len(list(parts.glob("part-*.npz"))) + len(list(parts.glob("views-*.npz"))) if parts.is_dir() else 0
     versions = cache.attrs.get("versions")
     return {
         "path": str(path),
@@ -45,6 +45,7 @@ def cache_info(path: str | Path) -> dict:
         "failure_examples": [
             {"path": p, "reason": r} for p, r in list(zip(cache.failure_paths, cache.failure_reasons))[:10]
         ],
+        "views": cache.views,
         "pending_parts": pending,
         "versions": json.loads(versions) if isinstance(versions, str) else versions,
     }

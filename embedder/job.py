@@ -28,6 +28,7 @@ from .sanity import check_features
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CACHE_DIR = Path("cache")
 FLATTEN_WARN_DIM = 8192
+MAX_VIEWS = 64
 
 
 @dataclass
@@ -44,6 +45,8 @@ class EmbedOptions:
     shard: tuple[int, int] | None = None  # (index, count): embed only this shard's keys
     jit: bool | None = None  # XLA; None: on with a GPU, off without
     devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
+    views: int | None = None  # augmented views per image; None: as many as the cache holds (0 if new)
+    views_seed: int | None = None  # None: the cache's own seed, else 0
     progress: bool = True
 
 
@@ -73,6 +76,12 @@ class EmbedReport:
     embed_s: float = 0.0  # the embedding loop itself
     rate: float = 0.0  # images/s of the embedding loop
     steady_rate: float = 0.0  # images/s after the first batch (which pays one-off kernel set-up)
+    views: int = 0  # augmented views per image the cache holds
+    views_seed: int | None = None
+    views_embedded: int = 0  # views computed by this run
+    views_s: float = 0.0
+    views_rate: float = 0.0  # views/s
+    views_missing: int = 0  # rows whose files are gone, so some of their views could not be made
 
     @property
     def exit_code(self) -> int:
@@ -145,6 +154,10 @@ def run_embedding(
         raise UsageError(f"--dtype must be float16 or float32, got {options.dtype!r}")
     if options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.views is not None and not 0 <= options.views <= MAX_VIEWS:
+        raise UsageError(f"--views must be between 0 and {MAX_VIEWS}, got {options.views}")
+    if options.views_seed is not None and options.views_seed < 0:
+        raise UsageError(f"--views-seed must be a non-negative integer, got {options.views_seed}")
     started = time.perf_counter()
     resolved = resolve(config)
     listing = discover(images, options.manifest)
@@ -183,8 +196,9 @@ def run_embedding(
             label = label_index[image.label] if image.label is not None else UNLABELED
             records.append(FileRecord(image.path, key, label, image.split))
 
+        engine = _Engine(resolved, options, report, log)
         if todo:
-            report.embedded = _embed_new(writer, resolved, listing.root, todo, options, report, log)
+            report.embedded = _embed_new(writer, engine, listing.root, todo)
             report.rate = report.embedded / report.embed_s if report.embed_s > 0 else 0.0
 
         failed_keys = writer.known_failures
@@ -194,6 +208,7 @@ def run_embedding(
                 failures.append(Failure(record.path, failed_keys[record.key], record.key))
             else:
                 kept.append(record)
+        _embed_views(writer, engine, listing.root, kept)
         report.label_conflicts = _label_conflicts(kept, listing.classes)
         for name, value in (("runtime", report.runtime), ("jit", report.jit if report.runtime else None),
                             ("devices", report.devices or None)):
@@ -203,6 +218,8 @@ def run_embedding(
 
     report.files = len(kept)
     report.rows = result.num_rows
+    if report.views:
+        report.views_missing = result.views_missing
     report.rewritten = result.rewritten
     report.cache_bytes = result.size_bytes
     report.skipped = [{"path": f.path, "reason": f.reason} for f in failures]
@@ -225,34 +242,53 @@ def _hash_listing(listing: Listing, progress: bool) -> list:
         return hash_files(paths, on_done=bar.update)
 
 
-def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo: dict[str, str],
-               options: EmbedOptions, report: EmbedReport, log: Callable[[str], None]) -> int:
+class _Engine:
+    """The backbone's forward pass, built on first use and shared by the clean and the views
+    passes (a rerun with nothing new to embed builds nothing)."""
+
+    def __init__(self, resolved: ResolvedBackbone, options: EmbedOptions, report: EmbedReport,
+                 log: Callable[[str], None]):
+        self.resolved, self.options, self.report, self.log = resolved, options, report, log
+        self._forward = None
+
+    def forward(self, cache_path: Path):
+        if self._forward is not None:
+            return self._forward
+        from .litert import fingerprint_key
+        from .runtime import make_forward
+        from .tf_runtime import tune_malloc
+
+        resolved, options, report, log = self.resolved, self.options, self.report, self.log
+        setup_started = time.perf_counter()
+        tune_malloc()
+
+        def build_model():
+            log(f"building {describe_architecture(resolved)}")
+            return build_backbone(resolved)
+
+        # Flatbuffers live beside the cache they serve (cache/litert/ for default caches).
+        forward = make_forward(options.runtime, fingerprint_key(resolved.fingerprint), build_model,
+                               Path(cache_path).parent, describe=resolved.fingerprint, log=log, jit=options.jit,
+                               devices=options.devices,
+                               mixed_precision=resolved.fingerprint.get("compute_dtype") == "mixed_float16")
+        resolved.image_size = forward.image_size
+        report.runtime = forward.runtime
+        report.devices = forward.replicas
+        report.jit = forward.jit
+        log(f"runtime: {forward.runtime} ({forward.reason})")
+        report.setup_s = time.perf_counter() - setup_started
+        self._forward = forward
+        return forward
+
+
+def _embed_new(writer: CacheWriter, engine: _Engine, root: Path, todo: dict[str, str]) -> int:
     """Run the backbone over ``todo`` (key -> path), one durable part file per batch."""
     from tqdm import tqdm
 
-    from .litert import fingerprint_key
     from .pipeline import embed_batches
-    from .runtime import make_forward
-    from .tf_runtime import tune_malloc
 
-    setup_started = time.perf_counter()
-    tune_malloc()
-
-    def build_model():
-        log(f"building {describe_architecture(resolved)}")
-        return build_backbone(resolved)
-
-    # Flatbuffers live beside the cache they serve (cache/litert/ for default caches).
-    forward = make_forward(options.runtime, fingerprint_key(resolved.fingerprint), build_model,
-                           Path(writer.path).parent, describe=resolved.fingerprint, log=log, jit=options.jit,
-                           devices=options.devices,
-                           mixed_precision=resolved.fingerprint.get("compute_dtype") == "mixed_float16")
-    resolved.image_size = forward.image_size
-    report.runtime = forward.runtime
-    report.devices = forward.replicas
-    report.jit = forward.jit
-    log(f"runtime: {forward.runtime} ({forward.reason})")
-    report.setup_s = time.perf_counter() - setup_started
+    resolved, options, report, log = engine.resolved, engine.options, engine.report, engine.log
+    forward = engine.forward(writer.path)
     keys = list(todo)
     paths = [str(root / todo[k]) for k in keys]
     embedded = 0
@@ -278,6 +314,52 @@ def _embed_new(writer: CacheWriter, resolved: ResolvedBackbone, root: Path, todo
     if checked and embedded > first_count and loop_done > first_done:
         report.steady_rate = (embedded - first_count) / (loop_done - first_done)
     return embedded
+
+
+def _embed_views(writer: CacheWriter, engine: _Engine, root: Path, kept: list[FileRecord]) -> None:
+    """Embed the augmented views the cache lacks for this listing's images.
+
+    Views are sticky: once a cache holds K views, later runs make them for new images too
+    (with the cache's own seed), so every row that still has a file ends up with all K.
+    """
+    from tqdm import tqdm
+
+    from .augment import DEFAULT_AUGMENTATION, view_seeds
+    from .pipeline import embed_batches
+
+    options, report, log = engine.options, engine.report, engine.log
+    existing = writer.existing_views
+    if not options.views and not existing:
+        return
+    seed = options.views_seed if options.views_seed is not None else (existing or {}).get("seed", 0)
+    wanted = options.views if options.views is not None else existing["count"]
+    record = writer.set_views(wanted, seed, DEFAULT_AUGMENTATION.record())
+    if existing and options.views is not None and options.views < existing["count"]:
+        log(f"the cache already holds {existing['count']} views per image; keeping them")
+    report.views, report.views_seed = record["count"], record["seed"]
+    path_of: dict[str, str] = {}
+    for file in kept:
+        path_of.setdefault(file.key, file.path)
+    todo = [(key, view) for key in path_of for view in range(record["count"]) if not writer.has_view(key, view)]
+    if not todo:
+        return
+    forward = engine.forward(writer.path)
+    paths = [str(root / path_of[key]) for key, _ in todo]
+    seeds = view_seeds([k for k, _ in todo], [v for _, v in todo], record["seed"])
+    started = time.perf_counter()
+    with tqdm(total=len(todo), desc="views", unit="view", disable=not options.progress,
+              dynamic_ncols=True, mininterval=0.5) as bar:
+        global_batch = options.batch_size * forward.replicas
+        for batch in embed_batches(forward, paths, engine.resolved.image_size, global_batch, options.parallelism,
+                                   seeds=seeds):
+            chosen = [todo[i] for i in batch.indices]
+            writer.add_view_part([k for k, _ in chosen], [v for _, v in chosen], batch.features)
+            report.views_embedded += len(chosen)
+            for i, reason in batch.failed:  # the file changed or vanished since it was hashed
+                log(f"warning: view {todo[i][1]} of {paths[i]} could not be made: {reason}")
+            bar.update(len(chosen) + len(batch.failed))
+    report.views_s = time.perf_counter() - started
+    report.views_rate = report.views_embedded / report.views_s if report.views_s > 0 else 0.0
 
 
 def _warn_if_flatten_is_big(resolved: ResolvedBackbone, dim: int, images: int, dtype: str,

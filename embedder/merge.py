@@ -10,7 +10,9 @@ Two ways to write OUT:
   * copy (default): a normal cache, written through the crash-safe writer;
   * ``--virtual``: an HDF5 virtual dataset whose ``/embeddings/features`` maps the shards'
     rows in place (no copy; OUT then needs the shard files to stay where they are).
-Either way OUT is a normal cache for every later stage.
+Either way OUT is a normal cache for every later stage. Augmented views (``--views``) are
+copied along (made with one seed and recipe in every shard, or refused); ``--virtual`` maps
+the clean features only and says so.
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ def merge_caches(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
             _check_duplicates(shard, duplicates, owner, key_to_row)
             report.duplicate_keys += len(duplicates)
         sources.append((shard, np.asarray(take, dtype=np.int64), np.asarray(target, dtype=np.int64)))
+    with_views = [s for s in shards if s.views]
+    for shard in with_views[1:]:
+        a, b = shard.views, with_views[0].views
+        if (a["seed"], a["augmentation"]) != (b["seed"], b["augmentation"]):
+            raise CacheError(f"shards {shard.path} and {with_views[0].path} hold augmented views made with "
+                             f"different seeds or recipes; embed all shards with the same --views-seed")
+    if with_views and virtual:
+        report.warnings.append("--virtual maps the clean features only; the shards' augmented views are not "
+                               "in OUT (merge without --virtual to keep them)")
+    elif with_views and len(with_views) < len(shards):
+        report.warnings.append(f"only {len(with_views)} of {len(shards)} shards hold augmented views; the "
+                               f"other shards' images have none in OUT")
     if virtual and report.duplicate_keys:
         raise UsageError(f"{report.duplicate_keys} keys appear in several shards; --virtual maps whole shards "
                          f"and needs disjoint ones: merge without --virtual")
@@ -173,7 +187,26 @@ def _write_copy(out: Path, first: Cache, sources, row_keys, files, classes, fail
                 rows = take[start:start + COPY_ROWS]
                 writer.add_part([str(shard.keys[r]) for r in rows], shard.read_rows(rows, dtype=first.feature_dtype))
             log(f"copied {len(take):,} rows from {shard.path}")
+        _copy_views(writer, [s for s, _, _ in sources], sources)
         writer.finish(files, classes, failures, root)
+
+
+def _copy_views(writer: CacheWriter, shards: list[Cache], sources) -> None:
+    records = [s.views for s in shards if s.views]
+    if not records:
+        return
+    count = max(int(r["count"]) for r in records)
+    writer.set_views(count, records[0]["seed"], records[0]["augmentation"])
+    for shard, take, _ in sources:
+        if not shard.views or not len(take):
+            continue
+        block = max(1, COPY_ROWS // shard.num_views)
+        for start in range(0, len(take), block):
+            rows = take[start:start + block]
+            views, done = shard.load_views(rows, dtype=writer.dtype)
+            row_index, view_index = np.nonzero(done)
+            writer.add_view_part([str(shard.keys[rows[i]]) for i in row_index], view_index.tolist(),
+                                 views[row_index, view_index])
 
 
 def _write_virtual(out: Path, first: Cache, sources, row_keys, key_to_row, files, classes, failures, root,

@@ -33,10 +33,14 @@ def load_image(tf, path, image_size: int):
     ``decode_image`` covers JPEG, PNG (8/16-bit, palette, alpha), GIF (first frame), BMP
     and WebP; ``channels=3`` turns grayscale and RGBA into RGB.
     """
+    return tf.image.resize(decode_file(tf, path), [image_size, image_size], method="bilinear")
+
+
+def decode_file(tf, path):
+    """Read and decode one file -> uint8 [H, W, 3]."""
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
     return image
 
 
@@ -46,17 +50,29 @@ def image_dataset(
     batch_size: int,
     parallelism: int | None = None,
     prefetch: int = DEFAULT_PREFETCH,
+    seeds: np.ndarray | None = None,
+    augmentation=None,
 ):
-    """Batches of ``(indices, images)``; indices point into ``paths``, failed files are absent."""
+    """Batches of ``(indices, images)``; indices point into ``paths``, failed files are absent.
+
+    With ``seeds`` (``[len(paths), 2]``, see :mod:`embedder.augment`) each element is an
+    augmented view of its file instead of the clean image.
+    """
     tf = import_tf()
     parallelism = parallelism or default_parallelism()
     indices = np.arange(len(paths), dtype=np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((indices, np.asarray(list(paths), dtype=object)))
-    ds = ds.map(
-        lambda i, p: (i, load_image(tf, p, image_size)),
-        num_parallel_calls=parallelism,
-        deterministic=True,
-    )
+    names = np.asarray(list(paths), dtype=object)
+    if seeds is None:
+        ds = tf.data.Dataset.from_tensor_slices((indices, names))
+        ds = ds.map(lambda i, p: (i, load_image(tf, p, image_size)),
+                    num_parallel_calls=parallelism, deterministic=True)
+    else:
+        from .augment import DEFAULT_AUGMENTATION, augment_image
+
+        spec = augmentation or DEFAULT_AUGMENTATION
+        ds = tf.data.Dataset.from_tensor_slices((indices, names, np.asarray(seeds, dtype=np.int64)))
+        ds = ds.map(lambda i, p, s: (i, augment_image(tf, decode_file(tf, p), s, image_size, spec)),
+                    num_parallel_calls=parallelism, deterministic=True)
     ds = ds.ignore_errors()
     ds = ds.batch(batch_size)
     if prefetch:
@@ -140,14 +156,16 @@ class Batch:
 
 
 def embed_batches(forward, paths: Sequence[str], image_size: int, batch_size: int,
-                  parallelism: int | None = None) -> Iterator[Batch]:
+                  parallelism: int | None = None, seeds: np.ndarray | None = None,
+                  augmentation=None) -> Iterator[Batch]:
     """Stream ``forward``'s features for ``paths`` in order, with the failed files' reasons.
 
     The dataset preserves order, so any index skipped between two batches (or after the
     last) is a file that could not be read or decoded.
     """
     expected = 0
-    for indices, images in image_dataset(paths, image_size, batch_size, parallelism):
+    for indices, images in image_dataset(paths, image_size, batch_size, parallelism, seeds=seeds,
+                                         augmentation=augmentation):
         idx = indices.numpy()
         features = np.asarray(forward(images), dtype=np.float32)
         present = set(idx.tolist())

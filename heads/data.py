@@ -144,6 +144,26 @@ def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = 0.2, s
     )
 
 
+def training_views(data: LabelledFeatures, limit: int = -1) -> tuple[np.ndarray, np.ndarray, int]:
+    """The cached augmented views of the *training* rows only, as extra ``(features, labels)``
+    examples, and how many views per image were available.
+
+    Validation and test rows never contribute views: they are measured on clean images,
+    as a user's new images will be.
+    """
+    cache = open_cache(data.cache_path)
+    if not cache.num_views:
+        raise UsageError(f"cache {data.cache_path} holds no augmented views; run `headstart embed run IMAGES "
+                         f"--views 4` (same backbone options) first, or drop --views")
+    rows = data.rows("train")
+    views, done = cache.load_views(rows, limit=None if limit < 0 else limit)
+    x = views[done]
+    if not np.isfinite(x).all():
+        raise CacheError(f"cache {data.cache_path} has augmented views with NaN or infinite features; re-embed them")
+    y = np.repeat(data.labels[rows], done.sum(axis=1))
+    return x, y, int(views.shape[1])
+
+
 def conflict_warning(conflicts: list[dict]) -> str:
     first = conflicts[0]
     return (f"{len(conflicts)} images have the same bytes under different classes and were left out "

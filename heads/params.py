@@ -22,18 +22,18 @@ CLASS_WEIGHTS = ("none", "balanced")
 # or better than LinearSVC's 1.0 on hymenoptera (0.948 vs 0.935 val) and on 40,000 x 1,280
 # synthetic pooled features (0.944 vs 0.909), and converges ~5x faster.
 DEFAULT_C = {"logreg": 1.0, "svm": 0.01}
-COMMON = ("seed", "val_fraction", "standardize", "class_weight")
+COMMON = ("seed", "val_fraction", "standardize", "class_weight", "views")
 APPLIES = {
     "dense": COMMON + ("epochs", "batch_size", "lr", "hidden", "dropout", "l2", "label_smoothing", "patience"),
     "logreg": COMMON + ("C", "max_iter"),
     "svm": COMMON + ("C", "max_iter"),
-    "knn": ("seed", "val_fraction", "standardize", "k"),
+    "knn": ("seed", "val_fraction", "standardize", "views", "k"),
 }
 FLAGS = {
     "seed": "--seed", "val_fraction": "--val-fraction", "standardize": "--standardize",
     "class_weight": "--class-weight", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
     "hidden": "--hidden", "dropout": "--dropout", "l2": "--l2", "label_smoothing": "--label-smoothing",
-    "patience": "--patience", "C": "--C", "max_iter": "--max-iter", "k": "--k",
+    "patience": "--patience", "C": "--C", "max_iter": "--max-iter", "k": "--k", "views": "--views",
 }
 
 
@@ -46,6 +46,9 @@ class HeadParams:
     # 0-2 points of val accuracy; it stays an option for features of very unequal scales.
     standardize: bool = False
     class_weight: str = "none"
+    # Augmented views of the training images (from `embed run --views K`) trained on beside
+    # the clean rows: 0 = none, -1 = all the cache holds, N = the first N of each image.
+    views: int = 0
     # dense
     epochs: int = 50
     batch_size: int | None = None  # None: chosen from the training-set size (see dense.auto_batch_size)
@@ -145,11 +148,23 @@ def _validate(p: HeadParams) -> None:
     need(p.C is None or (_finite(p.C) and p.C > 0), f"--C must be a positive number, got {p.C}")
     need(int(p.max_iter) >= 1, f"--max-iter must be at least 1, got {p.max_iter}")
     need(p.k is None or int(p.k) >= 1, f"--k must be at least 1, got {p.k}")
+    need(isinstance(p.views, int) and p.views >= -1, f"--max-views must be at least 1, got {p.views}")
     if p.head_type == "dense" and not p.hidden and "dropout" in p.given and p.dropout > 0:
         raise UsageError("--dropout applies after hidden layers, and --hidden 0 has none; drop one of them")
     if p.head_type == "dense" and "patience" in p.given and p.patience > 0 and p.patience >= p.epochs:
         raise UsageError(f"--patience {p.patience} can never trigger within --epochs {p.epochs}; "
                          f"use --patience 0 to turn early stopping off")
+
+
+def views_option(views: bool, max_views: int | None) -> int | None:
+    """``--views [--max-views N]`` as the ``views`` parameter (None when not asked for)."""
+    if max_views is not None:
+        if not views:
+            raise UsageError("--max-views applies with --views; add --views")
+        if max_views < 1:
+            raise UsageError(f"--max-views must be at least 1, got {max_views}")
+        return int(max_views)
+    return -1 if views else None
 
 
 def _finite(value: Any) -> bool:
@@ -163,8 +178,8 @@ def describe_params(record: Mapping[str, Any]) -> str:
     """A compact one-line summary for tables: ``hidden=1024 drop=0.5 lr=0.001 ...``."""
     short = {"hidden": "hidden", "dropout": "drop", "lr": "lr", "batch_size": "batch", "l2": "l2",
              "label_smoothing": "smooth", "C": "C", "k": "k", "class_weight": "cw", "standardize": "std",
-             "epochs": "epochs"}
-    skip_default = {"l2": 0.0, "label_smoothing": 0.0, "class_weight": "none", "standardize": False}
+             "epochs": "epochs", "views": "views"}
+    skip_default = {"l2": 0.0, "label_smoothing": 0.0, "class_weight": "none", "standardize": False, "views": 0}
     parts = []
     for name, label in short.items():
         if name not in record:

@@ -22,7 +22,7 @@ from embedder.cache import latest_cache, library_versions, open_cache
 from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from embedder.fingerprint import describe, require_same
 
-from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled
+from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled, training_views
 from .evaluate import compute_metrics, summarize, write_evaluation
 from .params import HeadParams
 from .runs import FORMAT_VERSION, RunWriter, load_run, new_run_path, timestamp
@@ -105,6 +105,13 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
         warnings.append(f"--val-fraction {params.val_fraction:g} was not used: the cache's layout gives the "
                         f"validation split")
     x_train, y_train, _ = data.subset("train")
+    split = data.split_record()
+    if params.views:
+        x_views, y_views, per_image = training_views(data, params.views)
+        log(f"training on {len(y_train):,} images and {len(y_views):,} augmented views of them "
+            f"({per_image} per image)")
+        split["train_views"] = {"per_image": per_image, "examples": int(len(y_views))}
+        x_train, y_train = np.concatenate([x_train, x_views]), np.concatenate([y_train, y_views])
     x_val, y_val, val_paths = data.subset("val")
     x_test, y_test, test_paths = data.subset("test")
     num_classes = len(data.classes)
@@ -162,7 +169,7 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
             },
             "feature_dim": data.dim,
             "params": params.to_record(),
-            "split": data.split_record(),
+            "split": split,
             "metrics": summary,
             "best_epoch": getattr(fit, "best_epoch", None),
             "epochs_run": getattr(fit, "epochs_run", None),
