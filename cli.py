@@ -54,7 +54,8 @@ def _root(
 
 @embed_app.command("run")
 def embed_run(
-    images: Path = typer.Argument(..., help="Folder of images: class folders, train/val/test folders, or loose files."),
+    images: str = typer.Argument(..., help="Folder of images: class folders, train/val/test folders, or loose files; "
+                                           "a URL (gs://...) is read with tf.io.gfile."),
     backbone: str = typer.Option("MobileNetV2", "--backbone", "-b",
                                  help="A registered name (see `embed backbones`) or a .keras model file."),
     weights: str = typer.Option("imagenet", help="imagenet (downloads once), none (random, from --seed), or a weights file."),
@@ -63,10 +64,10 @@ def embed_run(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size; default: the backbone's native size."),
     pooling: str = typer.Option("avg", help="avg, max, or flatten (flatten keeps the whole last feature map: big)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass (also the most a crash can lose)."),
-    cache: Optional[Path] = typer.Option(None, help="Cache file; default: cache/<folder>-<backbone>-<id>.h5."),
-    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where default cache files go."),
+    cache: Optional[str] = typer.Option(None, help="Cache file (or URL); default: cache/<folder>-<backbone>-<id>.h5."),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help="Where default cache files go (a folder or URL)."),
     dtype: str = typer.Option("float16", help="Storage dtype of the features: float16 or float32."),
-    manifest: Optional[Path] = typer.Option(None, help="CSV of path,label[,split] (paths relative to IMAGES)."),
+    manifest: Optional[str] = typer.Option(None, help="CSV of path,label[,split] (paths relative to IMAGES)."),
     seed: int = typer.Option(0, help="Seed for --weights none."),
     workers: Optional[int] = typer.Option(None, help="Parallel decode calls; default: the number of cores."),
     runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
@@ -151,8 +152,8 @@ def _print_embed_report(report, quiet: bool) -> None:
 
 @embed_app.command("merge")
 def embed_merge(
-    out: Path = typer.Argument(..., help="The merged cache to write (a new file)."),
-    shards: List[Path] = typer.Argument(..., help="Shard caches from `embed run --shard I/N`."),
+    out: str = typer.Argument(..., help="The merged cache to write (a new file)."),
+    shards: List[str] = typer.Argument(..., help="Shard caches from `embed run --shard I/N`."),
     virtual: bool = typer.Option(False, "--virtual", help="Map the shards' features with an HDF5 virtual dataset "
                                                           "instead of copying them (the shards must stay put)."),
     images_root: Optional[str] = typer.Option(None, "--images-root", help="Images root to record, if the shards "
@@ -177,7 +178,7 @@ def embed_merge(
 
 @embed_app.command("info")
 def embed_info(
-    cache: Optional[Path] = typer.Argument(None, help="Cache file; default: the newest under ./cache/."),
+    cache: Optional[str] = typer.Argument(None, help="Cache file; default: the newest under ./cache/."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """What a cache holds: fingerprint, counts per class and split, failures, size."""
@@ -255,7 +256,7 @@ _HEAD_HELP = {
 
 @head_app.command("train")
 def head_train(
-    cache: Optional[Path] = typer.Option(None, help=_HEAD_HELP["cache"]),
+    cache: Optional[str] = typer.Option(None, help=_HEAD_HELP["cache"]),
     head: str = typer.Option("dense", "--head", help=_HEAD_HELP["head"]),
     epochs: Optional[int] = typer.Option(None, help=_HEAD_HELP["epochs"]),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_HEAD_HELP["batch_size"]),
@@ -278,7 +279,7 @@ def head_train(
                                                                       "of each image [all]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default: runs/<timestamp>-<head>."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where default run folders go."),
-    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where to look for the newest cache."),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -342,13 +343,13 @@ def _print_train_report(report, quiet: bool) -> None:
 @head_app.command("eval")
 def head_eval(
     run: Path = typer.Argument(..., help="A head run folder."),
-    cache: Optional[Path] = typer.Option(None, help="Cache of the same backbone fingerprint; default: the run's own "
+    cache: Optional[str] = typer.Option(None, help="Cache of the same backbone fingerprint; default: the run's own "
                                                     "cache, else the newest under ./cache/."),
     split: str = typer.Option("auto", help="auto (the run's val split on its own cache, every labelled image on "
                                            "another), all, train, val or test."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots; "
                                                           "default: RUN/evals/<timestamp>-<cache>-<split>/."),
-    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Where to look for the newest cache."),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -415,10 +416,10 @@ def head_sweep(
     k: Optional[str] = typer.Option(None, "--k", help="e.g. 5,10,20"),
     seed: Optional[str] = typer.Option(None, help="e.g. 0,1,2 (the split always uses the first)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
-    cache: Optional[Path] = typer.Option(None, help=_HEAD_HELP["cache"]),
+    cache: Optional[str] = typer.Option(None, help=_HEAD_HELP["cache"]),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the sweep's runs; default: runs/<timestamp>-sweep."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir"),
+    cache_dir: str = typer.Option("cache", "--cache-dir"),
     sort: str = typer.Option("accuracy", help="Leaderboard order: accuracy, f1, loss, time, created or name."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -459,8 +460,8 @@ def finetune(
     lr: float = typer.Option(1e-5, help="Learning rate (Adam); keep it small."),
     batch_size: int = typer.Option(16, "--batch-size"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, small rotation/zoom/contrast."),
-    images: Optional[Path] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
-    cache: Optional[Path] = typer.Option(None, help="The cache the head was trained on, if it moved."),
+    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
+    cache: Optional[str] = typer.Option(None, help="The cache the head was trained on, if it moved."),
     out: Optional[Path] = typer.Option(None, help="Run folder; default: runs/<timestamp>-finetune."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
     seed: int = typer.Option(0),
@@ -503,13 +504,13 @@ def finetune(
 
 @app.command("predict")
 def predict(
-    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
+    inputs: List[str] = typer.Argument(..., help="Image files and/or folders (or URLs)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Head or fine-tuned run; default: the best run under ./runs/."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     fmt: str = typer.Option("csv", "--format", help="csv or json."),
     top_k: int = typer.Option(3, "--top-k", help="How many classes to list per image."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    cache: List[Path] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
+    cache: List[str] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
     runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1, as for `embed run`."),

@@ -45,6 +45,7 @@ from . import __version__
 from .atomic import atomic_path, fsync_dir, remove_stale_temps, write_text_atomic
 from .errors import CacheError, CacheLockedError
 from .fingerprint import Fingerprint, canonical_json, describe, require_same
+from .storage import is_url, location
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("float16", "float32")
@@ -81,7 +82,7 @@ class Cache:
 
     @property
     def images_root(self) -> Path:
-        return Path(self.attrs.get("images_root", "."))
+        return location(self.attrs.get("images_root", "."))
 
     @property
     def num_rows(self) -> int:
@@ -146,6 +147,10 @@ class Cache:
 
 @contextlib.contextmanager
 def _open_h5(path: Path) -> Iterator[h5py.File]:
+    if is_url(path):  # a cache at a URL is read from a local copy of its current version
+        from .staging import local_copy
+
+        path = local_copy(path)
     try:
         h5 = h5py.File(path, "r")
     except FileNotFoundError:
@@ -181,7 +186,17 @@ REQUIRED_DATASETS = (
 
 
 def open_cache(path: str | os.PathLike) -> Cache:
-    """Read a finished cache's metadata; raise CacheError with what to do if it isn't one."""
+    """Read a finished cache's metadata; raise CacheError with what to do if it isn't one.
+
+    A cache at a URL is read from a local copy (:func:`embedder.staging.local_copy`); its
+    ``path`` stays the URL.
+    """
+    if is_url(path):
+        from .staging import local_copy
+
+        cache = open_cache(local_copy(path))
+        cache.path = location(path)
+        return cache
     path = Path(path)
     if not path.exists():
         parts = parts_dir_for(path)
@@ -271,7 +286,7 @@ def _attr_value(value):
 
 def latest_cache(folder: str | os.PathLike = "cache") -> Path:
     """The most recently written finished cache in ``folder`` (the CLI's default)."""
-    folder = Path(folder)
+    folder = location(folder)  # a URL folder is listed with tf.io.gfile
     candidates = [p for p in folder.glob("*.h5") if p.is_file()] if folder.is_dir() else []
     if not candidates:
         raise CacheError(
@@ -661,7 +676,7 @@ class CacheWriter:
         missing = [f.path for f in files if f.key not in key_to_row]
         if missing:
             raise CacheError(f"internal: {len(missing)} files have no embedded row (first: {missing[0]})")
-        images_root = str(Path(images_root).resolve())
+        images_root = str(location(images_root).resolve())
         digest = content_digest(files, classes, failures, images_root, len(row_keys))
         views = self.views_record or self.existing_views
         unchanged = (

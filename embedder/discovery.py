@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import storage
 from .errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -66,9 +67,11 @@ def _is_hidden(name: str) -> bool:
 def _walk_files(folder: Path) -> list[Path]:
     """All non-hidden files below ``folder``, sorted, following no directory symlinks."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    walk = storage.walk(folder, IMAGE_EXTENSIONS) if storage.is_url(folder) else os.walk(folder)
+    for dirpath, dirnames, filenames in walk:
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        found.extend(Path(dirpath, f) for f in sorted(filenames) if not _is_hidden(f))
+        base = storage.location(dirpath)
+        found.extend(base / f for f in sorted(filenames) if not _is_hidden(f))
     return found
 
 
@@ -77,23 +80,31 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _subfolders(folder: Path) -> list[Path]:
+    if storage.is_url(folder):  # one listing, not a request per entry
+        return [folder / d for d in storage.scan(folder, IMAGE_EXTENSIONS)[0] if not _is_hidden(d)]
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
 
 
 def _loose_files(folder: Path) -> list[Path]:
+    if storage.is_url(folder):
+        return [folder / f for f in storage.scan(folder, IMAGE_EXTENSIONS)[1] if not _is_hidden(f)]
     return sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p.name))
 
 
 def discover(root: str | os.PathLike, manifest: str | os.PathLike | None = None) -> Listing:
-    """List the images under ``root`` with labels and splits; raise UsageError if none."""
-    root = Path(root).expanduser()
+    """List the images under ``root`` with labels and splits; raise UsageError if none.
+
+    ``root`` and ``manifest`` may be URLs (:mod:`embedder.storage`); ``Listing.root`` is then
+    a :class:`~embedder.storage.UrlPath`.
+    """
+    root = storage.location(root).expanduser()
     if not root.exists():
         raise UsageError(f"images folder not found: {root}")
     if not root.is_dir():
         raise UsageError(f"not a folder: {root} (give the folder that holds the images)")
     root = root.resolve()
     if manifest is not None:
-        listing = _from_manifest(root, Path(manifest).expanduser())
+        listing = _from_manifest(root, storage.location(manifest).expanduser())
     else:
         listing = _from_folders(root)
     if not listing.files and not listing.missing:
@@ -166,6 +177,7 @@ def _from_manifest(root: Path, manifest: Path) -> Listing:
     missing: list[tuple[str, str]] = []
     ignored: Counter = Counter()
     seen: set[str] = set()
+    remote = storage.is_url(root)
     for line_no, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
@@ -182,11 +194,11 @@ def _from_manifest(root: Path, manifest: Path) -> Listing:
                 f"{manifest}:{line_no}: unknown split {row[2].strip()!r} (use train, val or test, or leave it empty)"
             )
         split = SPLIT_FOLDERS.get(split, "")
-        path = Path(raw_path)
+        path = storage.location(raw_path)
         full = path if path.is_absolute() else root / path
         try:
             rel = _relative(full.resolve(), root)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: a URL against a local root, or the reverse
             raise UsageError(
                 f"{manifest}:{line_no}: {raw_path} is outside the images root {root}; paths must lie under it"
             ) from None
@@ -196,7 +208,9 @@ def _from_manifest(root: Path, manifest: Path) -> Listing:
         if not is_image_name(rel):
             ignored[Path(rel).suffix.lower()] += 1
             continue
-        if not full.is_file():
+        # At a URL that check is one request per row: there, the hashing step reports a
+        # missing file as unreadable instead.
+        if not remote and not full.is_file():
             missing.append((rel, "listed in the manifest but not found"))
             continue
         files.append(ImageFile(rel, label or None, split))

@@ -12,14 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .storage import is_url, open_file
+
 KEY_ALGORITHM = "sha256"
+REMOTE_WORKERS = 32
 _READ_BLOCK = 1 << 20
 
 
 def content_key(path: str | Path) -> str:
-    """The hex SHA-256 of the file's bytes."""
+    """The hex SHA-256 of the file's bytes (a URL's are streamed through tf.io.gfile)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_file(path, "rb") as fh:
         while block := fh.read(_READ_BLOCK):
             digest.update(block)
     return digest.hexdigest()
@@ -30,7 +33,13 @@ def hash_files(
     workers: int = 8,
     on_done: Callable[[int], None] | None = None,
 ) -> list[str | OSError]:
-    """Key of each path, in order; an unreadable file yields its OSError instead."""
+    """Key of each path, in order; an unreadable file yields its OSError instead.
+
+    Files at URLs get more threads: reading them waits on the network, not on a core.
+    """
+    paths = list(paths)
+    if paths and is_url(paths[0]):
+        workers = max(workers, REMOTE_WORKERS)
 
     def one(path: Path) -> str | OSError:
         try:

@@ -8,18 +8,20 @@ from pathlib import Path
 
 from .cache import open_cache, parts_dir_for
 from .fingerprint import describe
+from .staging import pending_parts
+from .storage import is_url, location
 
 
 def cache_info(path: str | Path) -> dict:
     cache = open_cache(path)
-    path = Path(path)
+    path = location(path)
     per_class: dict[str, Counter] = defaultdict(Counter)
     for label, split in zip(cache.labels, cache.splits):
         name = cache.classes[label] if label >= 0 else "(unlabeled)"
         per_class[name][split or "-"] += 1
     failures = Counter(cache.failure_reasons)
     referenced = len(set(cache.rows.tolist()))
-    parts = parts_dir_for(path)
+    parts = pending_parts(path) if is_url(path) else parts_dir_for(path)  # a URL's are on this machine
     pending = len(list(parts.glob("part-*.npz"))) + len(list(parts.glob("views-*.npz"))) if parts.is_dir() else 0
     versions = cache.attrs.get("versions")
     return {

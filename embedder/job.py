@@ -24,6 +24,8 @@ from .errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from .fingerprint import describe, fingerprint_id
 from .hashing import hash_files
 from .sanity import check_features
+from .staging import staged_cache
+from .storage import location
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_CACHE_DIR = Path("cache")
@@ -162,14 +164,16 @@ def run_embedding(
     resolved = resolve(config)
     listing = discover(images, options.manifest)
     shard = check_shard(options.shard)
-    cache_path = Path(options.cache) if options.cache else default_cache_path(
-        listing.root, resolved, options.dtype, Path(options.cache_dir), shard)
+    cache_path = location(options.cache) if options.cache else default_cache_path(
+        listing.root, resolved, options.dtype, location(options.cache_dir), shard)
     report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
                          ignored_files=listing.ignored_count)
     extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
                    "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None}
 
-    with CacheWriter(cache_path, resolved.fingerprint, options.dtype, extra_attrs) as writer:
+    # A cache at a URL is written in a local staging folder and uploaded once finished.
+    with staged_cache(cache_path, log) as local_cache, \
+            CacheWriter(local_cache, resolved.fingerprint, options.dtype, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
         keys = _hash_listing(listing, options.progress)
         failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing

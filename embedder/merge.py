@@ -32,6 +32,8 @@ from .cache import (
 )
 from .errors import UsageError
 from .fingerprint import require_same
+from .staging import pending_parts, staged_cache
+from .storage import is_url, location
 
 COPY_ROWS = 16384
 # float16 storage keeps ~3 significant digits; two runtimes/devices may round differently.
@@ -52,23 +54,26 @@ class MergeReport:
 
 
 def _open_shard(path: Path) -> Cache:
+    parts = pending_parts(path) if is_url(path) else parts_dir_for(path)  # a URL's are on this machine
     if not path.exists():
-        parts = parts_dir_for(path)
         if parts.is_dir():
             raise CacheError(f"shard {path} is half-written (an interrupted run left parts in {parts}); "
                              f"rerun that shard to finish it")
         raise CacheError(f"shard {path} is missing")
-    if parts_dir_for(path).is_dir() and any(parts_dir_for(path).glob("part-*.npz")):
+    if parts.is_dir() and any(parts.glob("part-*.npz")):
         raise CacheError(f"shard {path} has unfinished parts from an interrupted rerun; rerun that shard to finish it")
     return open_cache(path)
 
 
 def merge_caches(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike], virtual: bool = False,
                  images_root: str | None = None, log: Callable[[str], None] = lambda m: None) -> MergeReport:
-    out = Path(out)
-    paths = [Path(p) for p in shard_paths]
+    out = location(out)
+    paths = [location(p) for p in shard_paths]
     if not paths:
         raise UsageError("give at least one shard cache to merge")
+    if virtual and (is_url(out) or any(is_url(p) for p in paths)):
+        raise UsageError("--virtual maps the shard files in place, so OUT and the shards must be local files; "
+                         "merge without --virtual to read or write URLs")
     if any(p.resolve() == out.resolve() for p in paths):
         raise UsageError(f"OUT {out} is also one of the shards; write the merge to a new file")
     if len({p.resolve() for p in paths}) != len(paths):
@@ -181,7 +186,8 @@ def _check_duplicates(shard: Cache, duplicates, owner: dict[str, Cache], key_to_
 def _write_copy(out: Path, first: Cache, sources, row_keys, files, classes, failures, root, extra, log) -> None:
     if out.exists():
         raise UsageError(f"{out} exists; merge into a new file")
-    with CacheWriter(out, first.fingerprint, first.feature_dtype, extra) as writer:
+    with staged_cache(out, log) as local_out, \
+            CacheWriter(local_out, first.fingerprint, first.feature_dtype, extra) as writer:
         for shard, take, _ in sources:
             for start in range(0, len(take), COPY_ROWS):
                 rows = take[start:start + COPY_ROWS]

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .storage import getsize
 from .tf_runtime import import_tf
 
 DEFAULT_PREFETCH = 2
@@ -123,7 +124,7 @@ def decode_error(path: str, image_size: int) -> str:
     """Why ``path`` dropped out of the pipeline: decode it eagerly and keep the message."""
     tf = import_tf()
     try:
-        if os.path.getsize(path) == 0:
+        if getsize(path) == 0:  # os.path.getsize, or tf.io.gfile for a URL
             return "empty file (0 bytes)"
         load_image(tf, tf.constant(path), image_size)
     except FileNotFoundError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from embedder.cache import Cache, open_cache
 from embedder.errors import CacheError, UsageError
+from embedder.storage import location
 
 from .splits import assign_splits, split_source
 
@@ -126,7 +127,7 @@ def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = 0.2, s
             })
     splits = assign_splits(cache.keys, labels, given, val_fraction=val_fraction, seed=seed)
     return LabelledFeatures(
-        cache_path=Path(cache.path),
+        cache_path=location(cache.path),
         fingerprint=dict(cache.fingerprint),
         classes=list(cache.classes),
         images_root=str(cache.images_root),

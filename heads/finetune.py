@@ -37,6 +37,7 @@ from embedder.devices import mirrored_strategy, select_devices
 from embedder.errors import BackboneError, UsageError
 from embedder.fingerprint import require_same
 from embedder.hashing import hash_files
+from embedder.storage import location
 
 from .full_model import FULL_MODEL_FILE, backbone_sources, compose, is_finetuned, require_keras_head, resolve_backbone
 
@@ -366,12 +367,12 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     report = FinetuneReport(run_dir=str(run_dir), from_run=str(run.path), unfreeze_requested=opts["unfreeze"],
                             head_metrics=dict(run.meta.get("metrics") or {}))
 
-    cache_path = Path(opts["cache"] or (run.meta.get("cache") or {}).get("path") or "")
+    cache_path = location(opts["cache"] or (run.meta.get("cache") or {}).get("path") or "")
     if not cache_path.is_file():
         raise UsageError(f"the head's cache {cache_path} is gone; pass --cache with a cache of the same fingerprint")
     cache = open_cache(cache_path)
     require_same(cache.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")
-    images_root = Path(opts["images"] or cache.images_root)
+    images_root = location(opts["images"] or cache.images_root)
     if not images_root.is_dir():
         raise UsageError(f"images folder {images_root} is gone; pass --images with where the images are now")
     train, val = _select_examples(cache, run, images_root, report)
@@ -503,7 +504,7 @@ def _finish_run(run_dir: Path, model, run, cache, val: _Examples, val_ds, state:
         labels.append(np.argmax(onehot.numpy(), axis=1))
     probabilities = np.concatenate(probabilities) if probabilities else np.zeros((0, len(run.classes)))
     labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-    val_paths = [str(Path(p).relative_to(images_root)) for p in val.paths][: len(labels)]
+    val_paths = [str(location(p).relative_to(images_root)) for p in val.paths][: len(labels)]
     history = {k: [h[k] for h in state["history"] if k in h] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
     metrics = write_evaluation(run_dir, labels, probabilities, list(run.classes), val_paths, history=history)
     model.save(run_dir / FULL_MODEL_FILE)

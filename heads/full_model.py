@@ -12,6 +12,7 @@ from pathlib import Path
 
 from embedder.backbones import ResolvedBackbone, build_backbone, config_from_fingerprint
 from embedder.errors import UsageError
+from embedder.storage import location
 
 FULL_MODEL_FILE = "model.keras"
 
@@ -22,7 +23,7 @@ def backbone_sources(meta: dict) -> tuple[str | None, str | None]:
     backbone, weights = sources.get("backbone"), sources.get("weights")
     if backbone is None and weights is None:
         cache_path = (meta.get("cache") or {}).get("path")
-        if cache_path and Path(cache_path).is_file():
+        if cache_path and location(cache_path).is_file():
             from embedder.cache import open_cache
 
             attrs = open_cache(cache_path).attrs

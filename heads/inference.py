@@ -19,6 +19,7 @@ from embedder.discovery import discover
 from embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
 from embedder.fingerprint import same
 from embedder.hashing import hash_files
+from embedder.storage import location
 
 from .full_model import is_finetuned, load_full_model, resolve_backbone
 
@@ -64,10 +65,10 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
     """(name to report, file) for every image among ``inputs`` (files and folders)."""
     found: list[tuple[str, Path]] = []
     for item in inputs:
-        path = Path(item).expanduser()
+        path = location(item).expanduser()
         if path.is_dir():
             listing = discover(path)
-            found.extend((str(Path(item) / f.path), listing.root / f.path) for f in listing.files)
+            found.extend((str(location(item) / f.path), listing.root / f.path) for f in listing.files)
         elif path.is_file():
             found.append((str(item), path))
         else:
@@ -101,10 +102,10 @@ def _cached_features(keys: list[str], fingerprint: dict, candidates: list[Path])
 
 
 def _candidate_caches(meta: dict, options: PredictOptions) -> list[Path]:
-    paths = [Path(p) for p in options.caches]
+    paths = [location(p) for p in options.caches]
     recorded = (meta.get("cache") or {}).get("path")
     if recorded:
-        paths.append(Path(recorded))
+        paths.append(location(recorded))
     if Path(options.cache_dir).is_dir():
         paths.extend(sorted(Path(options.cache_dir).glob("*.h5")))
     unique: list[Path] = []

@@ -21,6 +21,7 @@ import numpy as np
 from embedder.cache import latest_cache, library_versions, open_cache
 from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from embedder.fingerprint import describe, require_same
+from embedder.storage import location
 
 from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled, training_views
 from .evaluate import compute_metrics, summarize, write_evaluation
@@ -63,7 +64,7 @@ class TrainReport:
 def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache", log: Log = _quiet) -> Path:
     """The cache to use: the one given, else the newest under ``cache_dir`` (and say so)."""
     if cache is not None:
-        return Path(cache)
+        return location(cache)
     path = latest_cache(cache_dir)
     log(f"using cache {path} (the newest under {cache_dir}/)")
     return path
@@ -161,7 +162,7 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
             "classes": list(data.classes),
             "fingerprint": data.fingerprint,
             "cache": {
-                "path": str(Path(data.cache_path).resolve()),
+                "path": str(location(data.cache_path).resolve()),
                 "images_root": data.images_root,
                 "content_digest": data.cache_attrs.get("content_digest"),
                 "rows": int(len(data.keys)),
@@ -265,8 +266,8 @@ def evaluate_run(
         raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
                          f"(use `headstart predict` on images)")
     recorded_cache = (run.meta.get("cache") or {}).get("path")
-    if cache is None and recorded_cache and Path(recorded_cache).is_file():
-        cache_path = Path(recorded_cache)
+    if cache is None and recorded_cache and location(recorded_cache).is_file():
+        cache_path = location(recorded_cache)
         log(f"using cache {cache_path} (the one the head was trained on)")
     else:
         cache_path = resolve_cache(cache, cache_dir, log)
@@ -274,7 +275,7 @@ def evaluate_run(
     require_same(opened.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")
     split_info = run.meta.get("split") or {}
     data = load_labelled(opened, split_info.get("val_fraction", 0.2), split_info.get("seed", 0))
-    same_cache = bool(recorded_cache) and Path(recorded_cache).resolve() == Path(cache_path).resolve()
+    same_cache = bool(recorded_cache) and location(recorded_cache).resolve() == location(cache_path).resolve()
     chosen = ("val" if same_cache else "all") if split == "auto" else split
     rows = data.rows() if chosen == "all" else data.rows(chosen)
     warnings = [conflict_warning(data.conflicts)] if data.conflicts else []
@@ -291,7 +292,7 @@ def evaluate_run(
         raise UsageError(f"no labelled images of the head's classes in the {chosen!r} split of {cache_path}; "
                          f"nothing to evaluate")
     proba = run.predict_proba(data.features[rows])
-    out = Path(out) if out is not None else run.path / "evals" / f"{timestamp()}-{Path(cache_path).stem}-{chosen}"
+    out = Path(out) if out is not None else run.path / "evals" / f"{timestamp()}-{location(cache_path).stem}-{chosen}"
     metrics = write_evaluation(out, y, proba, run.classes, list(data.paths[rows]),
                                extra={"split": chosen, "run": str(run.path), "cache": str(cache_path)})
     return EvalReport(run=str(run.path), cache=str(cache_path), split=chosen, out=str(out),
