@@ -63,7 +63,8 @@ def embed_run(
     layer: Optional[str] = typer.Option(None, help="Take features from this layer instead of the backbone's output."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size; default: the backbone's native size."),
     pooling: str = typer.Option("avg", help="avg, max, or flatten (flatten keeps the whole last feature map: big)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass (also the most a crash can lose)."),
+    batch_size: str = typer.Option("32", "--batch-size", help="Images per forward pass (also the most a crash can "
+                                                              "lose), or auto: probed on a GPU, 32 on CPUs."),
     cache: Optional[str] = typer.Option(None, help="Cache file (or URL); default: cache/<folder>-<backbone>-<id>.h5."),
     cache_dir: str = typer.Option("cache", "--cache-dir", help="Where default cache files go (a folder or URL)."),
     dtype: str = typer.Option("float16", help="Storage dtype of the features: float16 or float32."),
@@ -96,7 +97,9 @@ def embed_run(
 
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                             layer=layer, alpha=alpha, seed=seed, precision=precision)
-    options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=batch_size,
+    from embedder.batch_size import parse_batch_size
+
+    options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=parse_batch_size(batch_size, 32),
                            manifest=manifest, parallelism=workers, runtime=runtime,
                            shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
                            views=views, views_seed=views_seed, progress=not quiet and not as_json)

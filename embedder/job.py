@@ -40,7 +40,7 @@ class EmbedOptions:
     cache: Path | None = None  # explicit cache file; default: derived under cache_dir
     cache_dir: Path = DEFAULT_CACHE_DIR
     dtype: str = "float16"
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE  # per device; None: 'auto' (probed on a GPU)
     manifest: Path | None = None
     parallelism: int | None = None  # decode threads; default: the core count
     runtime: str = "auto"  # 'auto' | 'tf' | 'litert' (see embedder.runtime)
@@ -78,6 +78,8 @@ class EmbedReport:
     embed_s: float = 0.0  # the embedding loop itself
     rate: float = 0.0  # images/s of the embedding loop
     steady_rate: float = 0.0  # images/s after the first batch (which pays one-off kernel set-up)
+    batch_size: int = 0  # per device, as used (after --batch-size auto)
+    batch_probe: dict = field(default_factory=dict)  # --batch-size auto on a GPU: batch -> images/s
     views: int = 0  # augmented views per image the cache holds
     views_seed: int | None = None
     views_embedded: int = 0  # views computed by this run
@@ -154,7 +156,7 @@ def run_embedding(
     options = options or EmbedOptions()
     if options.dtype not in STORAGE_DTYPES:
         raise UsageError(f"--dtype must be float16 or float32, got {options.dtype!r}")
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.views is not None and not 0 <= options.views <= MAX_VIEWS:
         raise UsageError(f"--views must be between 0 and {MAX_VIEWS}, got {options.views}")
@@ -280,6 +282,16 @@ class _Engine:
         report.devices = forward.replicas
         report.jit = forward.jit
         log(f"runtime: {forward.runtime} ({forward.reason})")
+        if options.batch_size is None:
+            from .batch_size import probe_batch_size
+            from .tf_runtime import gpus_visible
+
+            choice = probe_batch_size(forward, forward.image_size, forward.runtime == "tf" and gpus_visible(),
+                                      forward.replicas, log=log)
+            options.batch_size = choice.size
+            report.batch_probe = {str(k): round(v, 1) for k, v in choice.rates.items()}
+            log(f"--batch-size auto: {choice.size} per device ({choice.reason})")
+        report.batch_size = options.batch_size
         report.setup_s = time.perf_counter() - setup_started
         self._forward = forward
         return forward
