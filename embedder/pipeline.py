@@ -25,7 +25,12 @@ DEFAULT_PREFETCH = 2
 
 
 def default_parallelism() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """Every core this process may run on: on a GPU box decoding is the bottleneck (one H200
+    runs MobileNetV2 at 30-55k images/s; a 500x375 JPEG costs ~1 ms of a core to decode)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def load_image(tf, path, image_size: int):
