@@ -29,6 +29,9 @@ embed_app = typer.Typer(help="Run a frozen backbone over images into an HDF5 cac
 head_app = typer.Typer(help="Train and compare heads on a cache.", no_args_is_help=True)
 app.add_typer(embed_app, name="embed")
 app.add_typer(head_app, name="head")
+inspect_app = typer.Typer(help="Data quality from a cache: duplicates and split leakage, label errors, outliers, "
+                               "a 2-D map.", no_args_is_help=True)
+app.add_typer(inspect_app, name="inspect")
 
 EXIT_INTERNAL = 3
 _state = {"debug": False}
@@ -447,6 +450,185 @@ def head_sweep(
         for warning in report.warnings:
             _err(f"warning: {warning}")
     raise typer.Exit(report.exit_code)
+
+
+# -------------------------------------------------------------------------- inspect
+
+
+_INSPECT_HELP = {
+    "cache": "Cache file; default: the newest under ./cache/ (named on stderr).",
+    "cache_dir": "Where to look for the newest cache.",
+    "json": "Print the summary as JSON on stdout.",
+    "quiet": "No progress bars; print only problems.",
+    "seed": "Seed of the folds and samples.",
+}
+
+
+def _inspect_log(quiet: bool, as_json: bool):
+    return (lambda m: None) if (quiet or as_json) else _err
+
+
+def _inspect_done(report, as_json: bool, quiet: bool, lines) -> None:
+    """Print the report (JSON, or the given lines unless quiet), its warnings, and exit with its code."""
+    if as_json:
+        _emit_json(report.to_dict())
+    elif not quiet:
+        for line in lines():
+            typer.echo(line)
+    if not as_json:
+        for warning in report.warnings:
+            _err(f"warning: {warning}")
+    raise typer.Exit(report.exit_code)
+
+
+@inspect_app.command("duplicates")
+def inspect_duplicates(
+    threshold: Optional[float] = typer.Option(None, help="Cosine similarity from which two distinct images are "
+                                                         "near-duplicates [0.90: with MobileNetV2 on real photos, no "
+                                                         "two distinct photos reached 0.87, while 97% of JPEG "
+                                                         "re-encodes and 91% of mirror images were above 0.90]."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="As for `head train`, so leakage is reported "
+                                                                   "on the split it will use."),
+    seed: int = typer.Option(0, help="As for `head train`: the split's seed."),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Most CSV lines, worst first; every pair is "
+                                                                      "still counted [100000]."),
+    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write; default: reports/<cache>-duplicates.csv."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
+    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+) -> None:
+    """Exact duplicates, label conflicts, near-duplicates, and near-duplicates across train/val/test (leakage).
+
+    Exit 1 when leakage or label conflicts were found.
+    """
+    from heads.quality.commands import inspect_duplicates as run
+
+    report = run(cache, cache_dir, threshold, val_fraction, seed, out, max_pairs, progress=not quiet and not as_json,
+                 log=_inspect_log(quiet, as_json))
+
+    def lines():
+        e, c, n, leak, m = report.exact, report.conflicts, report.near, report.leakage, report.method
+        split = "from the layout" if report.splits["source"] == "layout" else (
+            f"{report.splits['source']}, val-fraction {report.splits['val_fraction']:g}, seed {report.splits['seed']}")
+        yield f"cache:      {report.cache} ({report.rows:,} images in {report.files:,} files; split {split})"
+        yield (f"exact:      {e['keys']:,} images under several paths ({e['extra_files']:,} extra files)"
+               + (f"; {e['keys_across_splits']:,} filed under two splits" if e["keys_across_splits"] else ""))
+        yield (f"conflicts:  {c['keys']:,} images under two classes ({c['files']:,} files); head train leaves them out"
+               if c["applies"] else "conflicts:  do not apply (the cache has no labels)")
+        yield (f"near:       {n['pairs']:,} pairs with cosine >= {report.threshold:g} among {n['rows']:,} images in "
+               f"{n['groups']:,} groups (largest: {n['largest_group_rows']:,} images); "
+               f"{n['pairs_with_different_labels']:,} pairs carry different labels")
+        if leak["applies"]:
+            detail = ", ".join(f"{k} {v:,}" for k, v in leak["by_splits"].items())
+            yield f"leakage:    {leak['pairs']:,} near-duplicate pairs straddle the split" + (f": {detail}" if detail else "")
+        else:
+            yield f"leakage:    does not apply ({leak['reason']})"
+        how = (f"PCA bound at rank {m['rank']} ({m['residual_energy']:.0%} of the energy outside it), "
+               f"{m['candidates']:,} candidates verified" if m["method"] == "pca-bound" else "exact pass")
+        capped = f" of {report.csv_total:,}" if report.capped else ""
+        yield f"wrote:      {report.out} ({report.csv_rows:,}{capped} lines, worst first)"
+        yield f"method:     {how}; {report.seconds:.1f} s"
+
+    _inspect_done(report, as_json, quiet, lines)
+
+
+@inspect_app.command("labels")
+def inspect_labels(
+    folds: Optional[int] = typer.Option(None, help="Folds of the out-of-fold logistic regression [5]."),
+    dims: Optional[int] = typer.Option(None, help="Principal axes of the standardised features the model sees; "
+                                                  "0 = every feature [every feature up to 30 million values, "
+                                                  "e.g. 23,000 x 1,280; else 256]."),
+    c: Optional[float] = typer.Option(None, "--C", help="Inverse regularisation strength [0.01: ranked flipped "
+                                                        "labels best]."),
+    seed: int = typer.Option(0, help=_INSPECT_HELP["seed"]),
+    top: int = typer.Option(10, help="How many to print."),
+    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write; default: reports/<cache>-label-errors.csv."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
+    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+) -> None:
+    """Rank likely label errors: each image's given label vs out-of-fold predicted probabilities."""
+    from heads.quality.commands import inspect_labels as run
+
+    report = run(cache, cache_dir, folds, dims, c, seed, out, progress=not quiet and not as_json,
+                 log=_inspect_log(quiet, as_json))
+
+    def lines():
+        yield (f"ranked {report.images:,} labelled images: {report.folds}-fold logistic regression on {report.dims} "
+               f"dims, out-of-fold accuracy {report.oof_accuracy:.4f}")
+        yield f"another label is more likely for {report.suspicious:,} of them; the first {min(top, report.images)}:"
+        yield f"  {'score':>6}  {'p(label)':>8}  {'label -> suggested (p)':<32} path"
+        for r in report.top[:top]:
+            change = f"{r['label']} -> {r['suggested']} ({r['p_suggested']:.2f})"
+            yield f"  {r['score']:>6.3f}  {r['p_label']:>8.3f}  {change:<32} {r['path']}"
+        yield f"wrote {report.out} (worst first; {report.seconds:.1f} s)"
+
+    _inspect_done(report, as_json, quiet, lines)
+
+
+@inspect_app.command("outliers")
+def inspect_outliers(
+    k: Optional[int] = typer.Option(None, "--k", help="Nearest same-class neighbours averaged [10]."),
+    max_reference: Optional[int] = typer.Option(None, "--max-reference", help="Most neighbours-to-be per class; "
+                                                                              "bigger classes are sampled [5000]."),
+    seed: int = typer.Option(0, help=_INSPECT_HELP["seed"]),
+    top: int = typer.Option(10, help="How many to print."),
+    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write; default: reports/<cache>-outliers.csv."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
+    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+) -> None:
+    """Rank images far from their class (mean cosine distance to the k nearest same-class images)."""
+    from heads.quality.commands import inspect_outliers as run
+
+    report = run(cache, cache_dir, k, max_reference, seed, out, progress=not quiet and not as_json,
+                 log=_inspect_log(quiet, as_json))
+
+    def lines():
+        yield f"ranked {report.images:,} labelled images in {report.classes} classes by distance to their class (k={report.k})"
+        yield f"  {'score':>6}  {'dist':>6}  {'label':<16} {'closest other class':<20} path"
+        for r in report.top[:top]:
+            score = f"{r['score']:.2f}" if r["score"] != "" else "-"
+            dist = f"{r['knn_distance']:.3f}" if r["knn_distance"] != "" else "-"
+            yield f"  {score:>6}  {dist:>6}  {r['label']:<16} {r['nearest_other_class']:<20} {r['path']}"
+        yield f"wrote {report.out} (score: robust z within the class; {report.seconds:.1f} s)"
+
+    _inspect_done(report, as_json, quiet, lines)
+
+
+@inspect_app.command("map")
+def inspect_map(
+    method: str = typer.Option("pca", help="pca (all rows, linear) or tsne (scikit-learn, on a sample)."),
+    flag: Optional[List[Path]] = typer.Option(None, "--flag", help="Ring the images of a CSV from inspect "
+                                                                   "labels/outliers/duplicates (repeatable)."),
+    top: Optional[int] = typer.Option(None, help="With --flag: how many of each CSV's first lines to ring [50]; "
+                                                 "without: ring the top N of a fresh outlier ranking [none]."),
+    max_points: Optional[int] = typer.Option(None, "--max-points", help="Most images drawn (a seeded sample; "
+                                                                        "ringed ones always) [pca 50000, tsne 5000]."),
+    seed: int = typer.Option(0, help=_INSPECT_HELP["seed"]),
+    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write; default: reports/<cache>-map-<method>.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
+    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+) -> None:
+    """A 2-D projection of the embeddings as a PNG, coloured by class, flagged images ringed."""
+    from heads.quality.commands import inspect_map as run
+
+    report = run(cache, cache_dir, method, flag or [], top, max_points, seed, out, progress=not quiet and not as_json,
+                 log=_inspect_log(quiet, as_json))
+
+    def lines():
+        axes = (f" (PC1 {report.explained[0]:.1%}, PC2 {report.explained[1]:.1%} of the variance)"
+                if report.explained else "")
+        ringed = f"; {report.flagged_drawn:,} ringed: {report.flag_source}" if report.flag_source else ""
+        yield (f"wrote {report.out}: {report.points:,} of {report.rows:,} images, {report.method.upper()}{axes}"
+               f"{ringed} ({report.seconds:.1f} s)")
+
+    _inspect_done(report, as_json, quiet, lines)
 
 
 # ------------------------------------------------------------------------- finetune

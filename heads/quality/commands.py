@@ -1,0 +1,53 @@
+"""One entry point per ``inspect`` command: resolve the cache, build its inventory, run the report.
+
+The CLI calls exactly one of these and formats what it returns; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .inventory import Log, open_inventory, quiet
+
+
+def inspect_duplicates(cache: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "cache",
+                       threshold: float | None = None, val_fraction: float = 0.2, seed: int = 0,
+                       out: str | Path | None = None, max_pairs: int | None = None, progress: bool = False,
+                       log: Log = quiet):
+    from .duplicates import DEFAULT_MAX_PAIRS, DEFAULT_THRESHOLD, check_threshold, find_duplicates
+
+    threshold = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)  # before any reading
+    inv = open_inventory(cache, cache_dir, val_fraction, seed, log)
+    return find_duplicates(inv, threshold, out, DEFAULT_MAX_PAIRS if max_pairs is None else max_pairs, progress)
+
+
+def inspect_labels(cache: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "cache",
+                   folds: int | None = None, dims: int | None = None, C: float | None = None, seed: int = 0,
+                   out: str | Path | None = None, progress: bool = False, log: Log = quiet):
+    from .label_errors import DEFAULT_C, DEFAULT_FOLDS, rank_label_errors
+
+    inv = open_inventory(cache, cache_dir, seed=seed, log=log)
+    return rank_label_errors(inv, out, DEFAULT_FOLDS if folds is None else folds, dims,
+                             DEFAULT_C if C is None else C, progress)
+
+
+def inspect_outliers(cache: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "cache",
+                     k: int | None = None, max_reference: int | None = None, seed: int = 0,
+                     out: str | Path | None = None, progress: bool = False, log: Log = quiet):
+    from .outliers import DEFAULT_K, DEFAULT_REFERENCE, rank_outliers
+
+    inv = open_inventory(cache, cache_dir, seed=seed, log=log)
+    return rank_outliers(inv, out, DEFAULT_K if k is None else k,
+                         DEFAULT_REFERENCE if max_reference is None else max_reference, progress)
+
+
+def inspect_map(cache: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "cache",
+                method: str = "pca", flag: Sequence[str | Path] = (), top: int | None = None,
+                max_points: int | None = None, seed: int = 0, out: str | Path | None = None,
+                progress: bool = False, log: Log = quiet):
+    from .projection import draw_map
+
+    inv = open_inventory(cache, cache_dir, seed=seed, log=log)
+    return draw_map(inv, out, method, flag, top, max_points, progress)

@@ -1,0 +1,60 @@
+"""Writing the reports: CSV tables and a PNG, each atomically (temporary name, fsync, rename).
+
+A report a user opens is therefore either the previous complete one or the new complete
+one, even if the command is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from embedder.atomic import atomic_path
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """Write ``header`` and ``rows``; floats get 6 significant digits. Returns the data rows written."""
+    count = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+                count += 1
+    return count
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+
+
+def read_flagged_paths(path: str | os.PathLike, limit: int | None) -> list[str]:
+    """Paths named in a CSV written by an ``inspect`` report (or any CSV with a ``path`` column).
+
+    Reads the ``path`` column, or ``path_a``/``path_b`` (duplicates), of the first ``limit``
+    data rows (the reports are sorted worst first); ``None`` reads them all.
+    """
+    from embedder.errors import UsageError
+
+    path = Path(path)
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read --flag file {path}: {exc.strerror or exc}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        columns = [c for c in (reader.fieldnames or []) if c in ("path", "path_a", "path_b")]
+        if not columns:
+            raise UsageError(f"--flag file {path} has no 'path' column (nor path_a/path_b); pass a CSV written by "
+                             f"`headstart inspect labels|outliers|duplicates`")
+        found: list[str] = []
+        for i, record in enumerate(reader):
+            if limit is not None and i >= limit:
+                break
+            found.extend(record[c] for c in columns if record.get(c))
+    return found
