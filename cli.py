@@ -421,6 +421,8 @@ def head_sweep(
     max_iter: Optional[str] = typer.Option(None, "--max-iter"),
     k: Optional[str] = typer.Option(None, "--k", help="e.g. 5,10,20"),
     seed: Optional[str] = typer.Option(None, help="e.g. 0,1,2 (the split always uses the first)."),
+    views: Optional[str] = typer.Option(None, "--views", help="Cached augmented views per training image, e.g. "
+                                                              "0,4,all (0: clean rows only)."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
     cache: Optional[str] = typer.Option(None, help=_HEAD_HELP["cache"]),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the sweep's runs; default: runs/<timestamp>-sweep."),
@@ -437,7 +439,7 @@ def head_sweep(
     grid = parse_grid({"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden": hidden,
                        "dropout": dropout, "l2": l2, "label_smoothing": label_smoothing, "patience": patience,
                        "class_weight": class_weight, "standardize": standardize, "C": c, "max_iter": max_iter,
-                       "k": k, "seed": seed})
+                       "k": k, "seed": seed, "views": views})
     report = run_sweep(grid, cache=cache, out=out, runs_dir=runs_dir, val_fraction=val_fraction, cache_dir=cache_dir,
                        log=(lambda m: None) if (quiet or as_json) else _err, progress=False, sort=sort)
     if as_json:

@@ -182,7 +182,7 @@ def pipeline_part(out: dict, work: Path, weights: str, dtype: str, bs: str, size
 def runtimes_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images: dict[str, int]) -> None:
     peak = run_child(SCRIPT, "peak")["matmul_peak_gflops"]
     result = out["runtimes"] = {"matmul_peak_gflops": peak}
-    for backbone in RUNTIME_BACKBONES:
+    for backbone in images:
         n = images[backbone]
         folder = photo_like_jpegs(work / f"images-{n}", n)
         weights = weights_mobilenet if backbone == "MobileNetV2" else "none"
@@ -211,7 +211,9 @@ def runtimes_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images
                                               / entry["tf"]["end_to_end_steady_rate"])
         entry["litert_end_to_end_over_model_only"] = (entry["litert"]["end_to_end_steady_rate"]
                                                       / entry["litert"]["model_only_rate"])
-    mobilenet = result["MobileNetV2"]
+    mobilenet = result.get("MobileNetV2")
+    if mobilenet is None:
+        return
     out["runtime_targets"] = {
         "mobilenetv2_litert_end_to_end>=90": mobilenet["litert"]["end_to_end_steady_rate"] >= 90,
         "mobilenetv2_litert_over_tf>=2": mobilenet["litert_over_tf_end_to_end"] >= 2,
@@ -256,6 +258,7 @@ def main() -> None:
     parser.add_argument("--runtime-images", default="1000,500,200",
                         help="images per backbone for the runtime comparison (MobileNetV2,EfficientNetB0,ResNet50)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch for the pipeline part")
+    parser.add_argument("--backbones", default=",".join(RUNTIME_BACKBONES), help="for --part runtimes")
     parser.add_argument("--runtime-batch-size", type=int, default=16,
                         help="batch for the runtime part (16 was fastest end to end for both runtimes here)")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "headstart-bench"))
@@ -284,6 +287,7 @@ def main() -> None:
         devices_part(out, work, weights, bs, args.device_images, args.devices, args.precision.split(","))
     if args.part in ("all", "runtimes"):
         counts = dict(zip(RUNTIME_BACKBONES, (int(n) for n in args.runtime_images.split(","))))
+        counts = {b: n for b, n in counts.items() if b in args.backbones.split(",")}
         out["runtime_batch_size"] = args.runtime_batch_size
         runtimes_part(out, work, weights, str(args.runtime_batch_size), counts)
     print(json.dumps(out, indent=2))

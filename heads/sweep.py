@@ -27,8 +27,21 @@ from .train import TrainReport, resolve_cache, train_on
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "epochs": int, "batch_size": int, "lr": float, "dropout": float, "l2": float, "label_smoothing": float,
     "patience": int, "C": float, "max_iter": int, "k": int, "seed": int, "class_weight": str,
-    "hidden": parse_hidden, "standardize": lambda v: _parse_bool(v),
+    "hidden": parse_hidden, "standardize": lambda v: _parse_bool(v), "views": lambda v: _parse_views(v),
 }
+
+
+def _parse_views(value: str) -> int:
+    """``0``/``none`` (clean rows only), ``all`` (every cached view), or ``N`` (the first N)."""
+    text = value.strip().lower()
+    if text in ("none", "off"):
+        return 0
+    if text == "all":
+        return -1
+    views = int(text)
+    if views < 0:
+        raise ValueError(text)
+    return views
 
 
 def _parse_bool(value: str) -> bool:

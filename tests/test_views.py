@@ -270,3 +270,17 @@ def test_shards_with_views_merge_into_the_single_run_views(images, tmp_path, tin
         assert merged[key][1].all()
     code, _, err = run_cli("embed", "merge", tmp_path / "virtual.h5", *shards, "--virtual")
     assert code == 0 and "views are not in OUT" in err
+
+
+def test_sweep_compares_with_and_without_views(tmp_path, run_cli):
+    cache = _layout_cache(tmp_path)
+    _add_views(cache, lambda row, v, clean, split: clean + 0.1 * (v + 1))
+    code, out, err = run_cli("head", "sweep", "--cache", cache, "--head", "logreg", "--views", "0,1,all",
+                             "--out", tmp_path / "sweep", "--json")
+    assert code == 0, err
+    runs = json.loads(out)["runs"]
+    assert sorted(r["params"]["views"] for r in runs) == [-1, 0, 1]
+    examples = {r["params"]["views"]: (r["split"].get("train_views") or {}).get("examples", 0) for r in runs}
+    assert examples == {0: 0, 1: 60, -1: 120}
+    code, _, err = run_cli("head", "sweep", "--cache", cache, "--views", "some")
+    assert code == 2 and "--views" in err
