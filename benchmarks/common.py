@@ -67,15 +67,24 @@ def photo_like_jpegs(folder: Path, count: int, size=(375, 500), classes=10, seed
     """``count`` JPEGs of smooth gradients + blurred noise (they compress like photos).
 
     Reuses the folder when it already holds them, so reruns of a benchmark start fast.
+    They are written by a child process: TensorFlow (the encoder) would otherwise grow this
+    process to ~0.7 GB, and a child's ``ru_maxrss`` starts from its parent's peak at fork.
     """
-    import numpy as np
-
-    from embedder.tf_runtime import import_tf
-
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / ".complete"
     if stamp.exists() and stamp.read_text() == f"{count} {size} {classes} {seed}":
         return folder
+    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--jpegs", str(folder), str(count),
+                    str(size[0]), str(size[1]), str(classes), str(seed)], check=True, cwd=REPO_ROOT)
+    return folder
+
+
+def _write_photo_like_jpegs(folder: Path, count: int, size, classes: int, seed: int) -> None:
+    import numpy as np
+
+    from embedder.tf_runtime import import_tf
+
+    stamp = folder / ".complete"
     tf = import_tf()
     rng = np.random.default_rng(seed)
     h, w = size
@@ -90,7 +99,6 @@ def photo_like_jpegs(folder: Path, count: int, size=(375, 500), classes=10, seed
         target.parent.mkdir(exist_ok=True)
         target.write_bytes(tf.io.encode_jpeg(image, quality=90).numpy())
     stamp.write_text(f"{count} {size} {classes} {seed}")
-    return folder
 
 
 def run_child(script: Path, *args: str, timeout: int = 3600) -> dict:
@@ -100,3 +108,8 @@ def run_child(script: Path, *args: str, timeout: int = 3600) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "--jpegs":
+    _folder, _count, _h, _w, _classes, _seed = sys.argv[2:]
+    _write_photo_like_jpegs(Path(_folder), int(_count), (int(_h), int(_w)), int(_classes), int(_seed))
