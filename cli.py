@@ -470,13 +470,17 @@ def _inspect_log(quiet: bool, as_json: bool):
     return (lambda m: None) if (quiet or as_json) else _err
 
 
-def _inspect_done(report, as_json: bool, quiet: bool, lines) -> None:
-    """Print the report (JSON, or the given lines unless quiet), its warnings, and exit with its code."""
+def _inspect_done(report, as_json: bool, quiet: bool, lines, problems=None) -> None:
+    """Print the report (JSON, or the given lines; with --quiet only the problems, on stderr),
+    its warnings, and exit with its code."""
     if as_json:
         _emit_json(report.to_dict())
     elif not quiet:
         for line in lines():
             typer.echo(line)
+    elif problems is not None:
+        for line in problems():
+            _err(line)
     if not as_json:
         for warning in report.warnings:
             _err(f"warning: {warning}")
@@ -532,7 +536,13 @@ def inspect_duplicates(
         yield f"wrote:      {report.out} ({report.csv_rows:,}{capped} lines, worst first)"
         yield f"method:     {how}; {report.seconds:.1f} s"
 
-    _inspect_done(report, as_json, quiet, lines)
+    def problems():  # what exit code 1 means, for --quiet
+        if report.leakage["applies"] and report.leakage["pairs"]:
+            yield f"leakage: {report.leakage['pairs']:,} near-duplicate pairs straddle the split (see {report.out})"
+        if report.conflicts["applies"] and report.conflicts["keys"]:
+            yield f"conflicts: {report.conflicts['keys']:,} images under two classes (see {report.out})"
+
+    _inspect_done(report, as_json, quiet, lines, problems)
 
 
 @inspect_app.command("labels")

@@ -132,6 +132,10 @@ def test_duplicates_exact_conflict_near_and_leakage(dup_cache, tmp_path, run_cli
     report = json.loads(stdout)
     assert code == 1, err  # leakage and a conflict need attention
     rows = read_csv(out)
+    # --quiet alone still says why the exit code is 1, on stderr, and nothing else.
+    code_q, stdout_q, err_q = run_cli("inspect", "duplicates", "--cache", dup_cache["path"], "--out", out, "-q")
+    assert code_q == 1 and stdout_q == ""
+    assert "leakage:" in err_q and "conflicts:" in err_q and len(err_q.strip().splitlines()) == 2
 
     # Near pairs: exactly the brute-force set (by key), which includes every planted pair.
     u = unit(open_cache(dup_cache["path"]).load_features())
