@@ -230,6 +230,18 @@ def test_duplicates_on_unlabelled_cache(tmp_path, run_cli):
     assert "conflicts:  do not apply" in stdout and "leakage:    does not apply" in stdout
     kinds = sorted(r["kind"] for r in read_csv(tmp_path / "d.csv"))
     assert kinds == ["exact", "near"]
+    assert "barely tell images apart" not in err
+
+
+def test_duplicates_warns_when_features_do_not_separate_images(tmp_path, run_cli):
+    """Random weights can make every image look alike: the report must say so, not list pairs as news."""
+    rng = np.random.default_rng(5)
+    x = 5.0 + 0.05 * rng.normal(size=(30, 16))  # one direction for every image
+    keys = [key_of(f"s{i}") for i in range(30)]
+    files = [FileRecord(f"s{i}.jpg", k, -1, "") for i, k in enumerate(keys)]
+    write_cache(tmp_path / "s.h5", FP, keys, x, files, [], tmp_path)
+    code, stdout, err = run_cli("inspect", "duplicates", "--cache", tmp_path / "s.h5", "--out", tmp_path / "d.csv")
+    assert code == 0 and "100% of all pairs" in err and "barely tell images apart" in err
 
 
 # ------------------------------------------------------------------------ label errors

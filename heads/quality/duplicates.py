@@ -36,6 +36,9 @@ from .similarity import JoinStats, similar_pairs
 
 DEFAULT_THRESHOLD = 0.90
 DEFAULT_MAX_PAIRS = 100_000  # CSV lines; every pair is still counted
+# Near-copies are rare: when more than this share of all pairs is "near", the features (not
+# the images) are the story, and the report says so.
+SUSPICIOUS_PAIR_SHARE = 0.05
 MAX_EXPECTED_PAIRS = 20_000_000  # beyond this the threshold is refused up front: nothing "near" about it
 _KEEP_LIMIT = 5_000_000  # pairs held in memory (16 bytes each); past it only leaking pairs are kept
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
@@ -265,6 +268,11 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
     if total_records > max_pairs:
         warnings.append(f"the CSV holds the first {max_pairs:,} of {total_records:,} lines (worst first); "
                         f"raise --max-pairs for more")
+    all_pairs = inv.num_rows * (inv.num_rows - 1) // 2
+    if inv.num_rows >= 10 and store.total > SUSPICIOUS_PAIR_SHARE * all_pairs:
+        warnings.append(f"{store.total / all_pairs:.0%} of all pairs of images are 'near-duplicates' at "
+                        f"{threshold:g}: these features barely tell images apart (random backbone weights?), so the "
+                        f"pairs mean little; raise --threshold or use another backbone")
     leaking = store.leaking if applies else 0
     needs_attention = leaking > 0 or conflicts["keys"] > 0
     return DuplicatesReport(
