@@ -68,7 +68,7 @@ def test_views_are_reproducible_distinct_and_close_to_the_clean_features(images,
     assert again.views_seed == 0
 
 
-def test_adding_views_embeds_only_the_views_and_keeps_the_first_ones(images, tmp_path, tiny_model_file):
+def test_adding_views_embeds_only_the_views_and_keeps_the_first_ones(images, tmp_path, tiny_model_file, run_cli):
     config = _config(tiny_model_file)
     cache_path = tmp_path / "c.h5"
     first = _embed(images, cache_path, config)
@@ -79,6 +79,8 @@ def test_adding_views_embeds_only_the_views_and_keeps_the_first_ones(images, tmp
     assert two.embedded == 0 and two.views_embedded == 2 * two.rows
     np.testing.assert_array_equal(open_cache(cache_path).load_features(), clean_before)
     two_views, _ = _views_by_key(cache_path)
+    code, out, err = run_cli("embed", "info", cache_path, "--json")
+    assert code == 0 and json.loads(out)["views"]["count"] == 2, err
 
     four = _embed(images, cache_path, config, views=4)
     assert four.embedded == 0 and four.views_embedded == 2 * four.rows  # only views 2 and 3
