@@ -192,6 +192,8 @@ def describe_params(record: Mapping[str, Any]) -> str:
         elif name == "standardize":
             parts.append("std")
             continue
+        elif name == "views" and value == -1:
+            value = "all"
         elif isinstance(value, float):
             value = f"{value:g}"
         parts.append(f"{label}={value}")
