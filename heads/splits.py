@@ -29,7 +29,8 @@ import numpy as np
 from embedder.errors import UsageError
 
 SPLITS = ("train", "val", "test")
-_PRIORITY = {"": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
+# How held out a split name is: bytes filed under two splits go to the most held-out one.
+SPLIT_PRIORITY = {"": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
 _NAMES = {0: "train", 1: "train", 2: "val", 3: "test"}
 
 
@@ -75,7 +76,7 @@ def assign_splits(
     if not (len(keys) == len(given) == len(labels)):
         raise ValueError("keys, labels and given_splits must have the same length")
     val_fraction = check_val_fraction(val_fraction)
-    unknown = sorted({s for s in given if s not in _PRIORITY})
+    unknown = sorted({s for s in given if s not in SPLIT_PRIORITY})
     if unknown:
         raise UsageError(f"unknown split name {unknown[0]!r} in the cache; use train, val or test")
     source = split_source(given)
@@ -86,7 +87,7 @@ def assign_splits(
         per_key = np.where(in_val, "val", "train").astype(object)
         return per_key[inverse]
     # Layout: the most held-out split any copy of the bytes was filed under.
-    priority = np.fromiter((_PRIORITY[s] for s in given), dtype=np.int64, count=len(given))
+    priority = np.fromiter((SPLIT_PRIORITY[s] for s in given), dtype=np.int64, count=len(given))
     best = np.zeros(len(unique_keys), dtype=np.int64)
     np.maximum.at(best, inverse, priority)
     per_key = np.asarray([_NAMES[int(p)] for p in best], dtype=object)

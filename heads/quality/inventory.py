@@ -5,9 +5,10 @@ reports reason about rows (two paths of the same bytes are one image to a head) 
 files, so this module works out, once and vectorised, each row's label (the one label its
 labelled files agree on; -1 when none or when they disagree: a *conflict*, which
 ``head train`` leaves out), a representative path, and the split ``head train`` will put it
-in: the same per-row rule as :func:`heads.data.load_labelled` (the most held-out split any
-copy was filed under) handed to :func:`heads.splits.assign_splits` with the same seed and
-fraction, so a leakage report describes exactly the split a head will train on.
+in: :func:`heads.data.row_table`, the rule :func:`heads.data.load_labelled` itself uses (the
+most held-out split any copy was filed under), handed to :func:`heads.splits.assign_splits`
+with the same seed and fraction, so a leakage report describes exactly the split a head
+will train on.
 """
 
 from __future__ import annotations
@@ -20,30 +21,20 @@ from typing import Callable
 
 import numpy as np
 
-from embedder.cache import Cache, latest_cache, open_cache
+from embedder.cache import Cache, open_cache
 from embedder.errors import CacheError, UsageError
 
+from ..data import require_finite, row_table
 from ..splits import assign_splits, check_val_fraction, split_source
+from ..train import resolve_cache
 
 Log = Callable[[str], None]
 
-# Same order of "held-out-ness" as heads.data / heads.splits: test > val > train > unmarked.
-_PRIORITY = {"": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
-_PRIORITY_NAMES = np.asarray(["", "train", "val", "test"], dtype=object)
 _NORMALISE_ROWS = 16384
 
 
 def quiet(_: str) -> None:
     pass
-
-
-def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache", log: Log = quiet):
-    """The cache given, else the newest under ``cache_dir`` (named through ``log``), as other commands do."""
-    if cache is not None:
-        return cache
-    path = latest_cache(cache_dir)
-    log(f"using cache {path} (the newest under {cache_dir}/)")
-    return path
 
 
 def progress_bar(total: int, desc: str, enabled: bool, unit: str = "row"):
@@ -111,35 +102,15 @@ def build_inventory(cache: Cache, val_fraction: float = 0.2, seed: int = 0) -> I
     val_fraction = check_val_fraction(val_fraction)
     if not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {seed}")
-    n = cache.num_rows
-    rows, labels = cache.rows, cache.labels
-    if n == 0 or len(cache.paths) == 0:
+    if cache.num_rows == 0 or len(cache.paths) == 0:
         raise CacheError(f"cache {cache.path} is empty (no embedded images); run `headstart embed run` on a "
                          f"folder with images")
-    files = np.bincount(rows, minlength=n).astype(np.int64)
-    path = np.full(n, "", dtype=object)
-    present, first = np.unique(rows, return_index=True)
-    path[present] = np.asarray(cache.paths, dtype=object)[first]
-
-    labelled = labels >= 0
-    lowest = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-    highest = np.full(n, -1, dtype=np.int64)
-    np.minimum.at(lowest, rows[labelled], labels[labelled])
-    np.maximum.at(highest, rows[labelled], labels[labelled])
-    has_label = highest >= 0
-    conflict = has_label & (lowest != highest)
-    label = np.where(has_label & ~conflict, highest, -1)
-
-    # The split entry of each row: the most held-out one among its files (unknown names are
-    # ignored, as heads.data does), then head train's own assignment.
-    split_names, split_index = np.unique(np.asarray(cache.splits, dtype=str), return_inverse=True)
-    priority = np.asarray([_PRIORITY.get(str(s), 0) for s in split_names], dtype=np.int64)
-    best = np.zeros(n, dtype=np.int64)
-    np.maximum.at(best, rows, priority[np.asarray(split_index).reshape(-1)])
-    given = _PRIORITY_NAMES[best]
-    split = np.asarray(assign_splits(cache.keys, label, given, val_fraction=val_fraction, seed=seed), dtype=object)
-    return Inventory(cache=cache, label=label, conflict=conflict, path=path, files=files, split=split,
-                     split_source=split_source(given), val_fraction=val_fraction, seed=int(seed))
+    table = row_table(cache)  # head train's own per-row labels and given splits
+    split = np.asarray(assign_splits(cache.keys, table.label, table.given, val_fraction=val_fraction, seed=seed),
+                       dtype=object)
+    return Inventory(cache=cache, label=table.label, conflict=table.conflict, path=table.path,
+                     files=np.bincount(cache.rows, minlength=cache.num_rows).astype(np.int64), split=split,
+                     split_source=split_source(table.given), val_fraction=val_fraction, seed=int(seed))
 
 
 def open_inventory(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache",
@@ -197,8 +168,7 @@ def unit_features(cache: Cache) -> np.ndarray:
     for start in range(0, len(raw), _NORMALISE_ROWS):
         block = raw[start:start + _NORMALISE_ROWS].astype(np.float32)
         if not np.isfinite(block).all():
-            bad = int(np.sum(~np.isfinite(raw).all(axis=1)))
-            raise CacheError(f"cache {cache.path} has {bad} rows with NaN or infinite features; re-embed it")
+            require_finite(raw, cache.path)  # raises, counting the bad rows
         norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
         block /= np.where(norms > 0, norms, 1.0).astype(np.float32)[:, None]
         out[start:start + len(block)] = block
@@ -207,11 +177,7 @@ def unit_features(cache: Cache) -> np.ndarray:
 
 def raw_features(cache: Cache) -> np.ndarray:
     """All rows as float32, checked finite (what the label model standardises)."""
-    features = cache.load_features("float32")
-    if not np.isfinite(features).all():
-        bad = int(np.sum(~np.isfinite(features).all(axis=1)))
-        raise CacheError(f"cache {cache.path} has {bad} rows with NaN or infinite features; re-embed it")
-    return features
+    return require_finite(cache.load_features("float32"), cache.path)
 
 
 def default_report_path(cache: Cache, suffix: str, reports_dir: str | os.PathLike = "reports") -> Path:
