@@ -379,7 +379,6 @@ class CacheWriter:
         self._done_views: set[tuple[str, int]] = set()  # (key, view) in view parts
         self._existing_views_done: np.ndarray | None = None
         self._existing_rows: dict[str, int] = {}
-        self._views_missing = 0
         self._next_part = 0
         self._dim: int | None = None
         self.known_keys: set[str] = set()
@@ -585,6 +584,11 @@ class CacheWriter:
         self.views_record = record
         return record
 
+    @property
+    def _views_to_write(self) -> dict | None:
+        """What the consolidated cache will hold: the declared views, else the cache's own."""
+        return self.views_record or self.existing_views
+
     def has_view(self, key: str, view: int) -> bool:
         if (key, view) in self._done_views:
             return True
@@ -617,10 +621,11 @@ class CacheWriter:
         self._done_views.update(zip(keys, (int(v) for v in views)))
 
     def _write_views(self, h5: h5py.File, row_keys: Sequence[str], key_to_row: Mapping[str, int],
-                     record: dict) -> None:
+                     record: dict) -> int:
         """``/embeddings/views`` [N, K, D] and ``views_done`` [N, K]: the old cache's views
         copied in row blocks, then each view part written as one read-modify-write of the
-        row span it covers (parts hold consecutive images, so spans are short)."""
+        row span it covers (parts hold consecutive images, so spans are short). Returns how
+        many rows lack some of their views."""
         n, k, dim = len(row_keys), int(record["count"]), self._dim or 0
         done = np.zeros((n, k), dtype=bool)
         if n and dim and k:
@@ -659,7 +664,7 @@ class CacheWriter:
             done[rows, cols] = True
         h5.create_dataset("embeddings/views_done", data=done)
         h5.attrs["views"] = canonical_json(record)
-        self._views_missing = int(np.sum(~done.all(axis=1))) if k else 0
+        return int(np.sum(~done.all(axis=1))) if k else 0
 
     # -- consolidation -----------------------------------------------------------------
 
@@ -678,22 +683,23 @@ class CacheWriter:
             raise CacheError(f"internal: {len(missing)} files have no embedded row (first: {missing[0]})")
         images_root = str(location(images_root).resolve())
         digest = content_digest(files, classes, failures, images_root, len(row_keys))
-        views = self.views_record or self.existing_views
         unchanged = (
             self._existing is not None
             and not any(p.keys for p in self._parts)
             and not self._view_parts
-            and (views or {}).get("count") == (self.existing_views or {}).get("count")
+            and (self._views_to_write or {}).get("count") == (self.existing_views or {}).get("count")
             and self._existing.attrs.get("content_digest") == digest
         )
+        views_missing = 0
         if not unchanged:
-            self._write_consolidated(row_keys, key_to_row, files, classes, failures, images_root, digest)
+            views_missing = self._write_consolidated(row_keys, key_to_row, files, classes, failures, images_root,
+                                                     digest)
         elif self._existing_views_done is not None:
-            self._views_missing = int(np.sum(~self._existing_views_done.all(axis=1)))
+            views_missing = int(np.sum(~self._existing_views_done.all(axis=1)))
         self._drop_parts()
         size = self.path.stat().st_size
         return FinishResult(rewritten=not unchanged, num_rows=len(row_keys), num_files=len(files), size_bytes=size,
-                            views_missing=self._views_missing)
+                            views_missing=views_missing)
 
     def _row_keys(self) -> list[str]:
         keys = [str(k) for k in self._existing.keys] if self._existing is not None else []
@@ -705,7 +711,8 @@ class CacheWriter:
                     keys.append(key)
         return keys
 
-    def _write_consolidated(self, row_keys, key_to_row, files, classes, failures, images_root, digest) -> None:
+    def _write_consolidated(self, row_keys, key_to_row, files, classes, failures, images_root, digest) -> int:
+        """Write the new cache file; returns how many rows lack some of their views."""
         n = len(row_keys)
         dim = self._dim or 0
         with atomic_path(self.path) as tmp:
@@ -744,9 +751,8 @@ class CacheWriter:
                 write_tables(h5, row_keys, key_to_row, files, classes, failures)
                 write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
                                  self.extra_attrs)
-                views = self.views_record or self.existing_views
-                if views:
-                    self._write_views(h5, row_keys, key_to_row, views)
+                views = self._views_to_write
+                return self._write_views(h5, row_keys, key_to_row, views) if views else 0
 
     def _created(self) -> str:
         if self._existing is not None and self._existing.attrs.get("created"):
