@@ -73,12 +73,12 @@ def make_forward(runtime: str, key: str, build_model: Callable[[], object], cach
         else:
             try:
                 lite = load_or_convert(key, describe or {}, model, cache_dir, log=log)
-                return Forward(lite, "litert", lite.image_size, "no GPU is visible")
+                return Forward(lite, "litert", lite.image_size, f"no GPU is visible; {lite.layout}")
             except (ConversionError, UsageError) as exc:
                 runtime, reason = "tf", f"LiteRT is not available for it ({exc})"
     elif runtime == "litert":
         lite = load_or_convert(key, describe or {}, model, cache_dir, log=log)
-        return Forward(lite, "litert", lite.image_size, reason)
+        return Forward(lite, "litert", lite.image_size, f"{reason}; {lite.layout}")
     from .pipeline import compiled_forward
 
     network = model()
