@@ -67,8 +67,9 @@ def main() -> None:
 
     val_images = [data / "val"]
     run = load_run(head_dir)
+    # cache_dir: where `embed run` kept the backbone's LiteRT flatbuffer, as a user's ./cache would
     for label, use_cache in (("predict_cold", False), ("predict_cached", True)):
-        report = predict_images(val_images, run, PredictOptions(use_cache=use_cache, progress=False))
+        report = predict_images(val_images, run, PredictOptions(use_cache=use_cache, cache_dir=work, progress=False))
         out[label] = {"images": len(report.predictions), "seconds": report.elapsed_s, "rate": report.rate,
                       "from_cache": report.from_cache, "through_backbone": report.through_backbone}
     print(json.dumps(out, indent=2))
