@@ -286,8 +286,13 @@ def test_reading_merging_and_training_on_caches_at_urls(tmp_path, ram, tiny_mode
     downloads = []
     real_download = staging._download
     monkeypatch.setattr(staging, "_download", lambda url, local: (downloads.append(str(url)), real_download(url, local)))
+    stats = []
+    real_stat = staging._remote_stat
+    monkeypatch.setattr(staging, "_remote_stat", lambda url: (stats.append(str(url)), real_stat(url))[1])
     first = open_cache(whole)
     features = first.load_features()
+    first.file_features()
+    assert stats == [whole]  # reads after opening use the copy it was opened from
     again = open_cache(whole)
     assert downloads == [whole] and np.array_equal(again.load_features(), features)
     assert staging.local_copy(whole).parent.name == staging.DOWNLOADS
