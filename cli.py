@@ -66,7 +66,7 @@ def embed_run(
     layer: Optional[str] = typer.Option(None, help="Take features from this layer instead of the backbone's output."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size; default: the backbone's native size."),
     pooling: str = typer.Option("avg", help="avg, max, or flatten (flatten keeps the whole last feature map: big)."),
-    batch_size: str = typer.Option("32", "--batch-size", help="Images per forward pass (also the most a crash can "
+    batch_size: str = typer.Option("32", "--batch-size", help="Images per batch (also the most a crash can "
                                                               "lose), or auto: probed on a GPU, 32 on CPUs."),
     cache: Optional[str] = typer.Option(None, help="Cache file (or URL); default: cache/<folder>-<backbone>-<id>.h5."),
     cache_dir: str = typer.Option("cache", "--cache-dir", help="Where default cache files go (a folder or URL)."),
