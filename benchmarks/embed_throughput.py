@@ -50,6 +50,16 @@ def _config(backbone: str, weights: str):
     return BackboneConfig(backbone=backbone, weights=weights, image_size=224)
 
 
+def _time_batches(forward, batches: list, images: int) -> tuple[int, float]:
+    """Run ``forward`` over ``batches`` again and again until ``images`` are done: (done, seconds)."""
+    done, start = 0, time.perf_counter()
+    while done < images:
+        for x in batches:
+            forward(x)
+            done += int(x.shape[0])
+    return done, time.perf_counter() - start
+
+
 def child_model(backbone: str, weights: str, runtime: str, batch: int, images: int, folder: str, work: str) -> dict:
     """The network alone, on real images decoded and resized before the clock starts."""
     from embedder.backbones import build_backbone, resolve
@@ -67,12 +77,7 @@ def child_model(backbone: str, weights: str, runtime: str, batch: int, images: i
     paths = sorted(str(p) for p in Path(folder).rglob("*.jpg"))[: 4 * batch]
     decoded = [pixels for _, pixels in image_dataset(paths, 224, batch)]
     forward(decoded[0])  # warm-up
-    done, start = 0, time.perf_counter()
-    while done < images:
-        for x in decoded:
-            forward(x)
-            done += int(x.shape[0])
-    elapsed = time.perf_counter() - start
+    done, elapsed = _time_batches(forward, decoded, images)
     return {"images": done, "seconds": elapsed, "rate": done / elapsed, "runtime": forward.runtime,
             "layout": forward.reason, "setup_seconds": setup, "peak_rss_mb": peak_rss_mb()}
 
@@ -108,12 +113,7 @@ def child_model_tf_concurrent(backbone: str, weights: str, batch: int, images: i
 
     run(decoded[0])
     run(decoded[0])  # warm-up: one trace per chunk shape
-    done, start = 0, time.perf_counter()
-    while done < images:
-        for x in decoded:
-            run(x)
-            done += int(x.shape[0])
-    elapsed = time.perf_counter() - start
+    done, elapsed = _time_batches(run, decoded, images)
     return {"images": done, "seconds": elapsed, "rate": done / elapsed,
             "layout": f"{cores} concurrent calls x 1 intra-op thread, chunks of {chunk}"}
 
