@@ -23,7 +23,7 @@ as distinct photos of the same subject get, which no threshold can separate.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 
 from .inventory import Inventory, default_report_path, progress_bar, unit_features
 from .output import write_csv
+from .report import QualityReport
 from .similarity import JoinStats, similar_pairs
 
 DEFAULT_THRESHOLD = 0.90
@@ -50,7 +51,7 @@ _RANK = {"near-leak": 0, "conflict": 1, "exact-split": 2, "near-mislabel": 3, "n
 
 
 @dataclass
-class DuplicatesReport:
+class DuplicatesReport(QualityReport):
     cache: str
     rows: int
     files: int
@@ -65,12 +66,6 @@ class DuplicatesReport:
     csv_total: int
     capped: bool
     method: dict
-    seconds: float
-    warnings: list = field(default_factory=list)
-    exit_code: int = EXIT_OK
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_threshold(threshold: float) -> float:

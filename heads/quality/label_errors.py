@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import time
 import warnings as _warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import EXIT_OK, UsageError
+from embedder.errors import UsageError
 
 from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, raw_features,
                         require_labels)
 from .output import write_csv
 from .pca import principal_axes
+from .report import QualityReport
 
 DEFAULT_FOLDS = 5
 DEFAULT_DIMS = 256  # when the features are big (see FULL_WIDTH_VALUES)
@@ -50,7 +51,7 @@ HEADER = ["path", "label", "p_label", "suggested", "p_suggested", "score", "file
 
 
 @dataclass
-class LabelErrorsReport:
+class LabelErrorsReport(QualityReport):
     cache: str
     images: int  # distinct (image, label) lines ranked
     rows_fitted: int
@@ -63,12 +64,6 @@ class LabelErrorsReport:
     suspicious: int  # lines where another label is more likely than the given one
     top: list
     out: str
-    seconds: float
-    warnings: list = field(default_factory=list)
-    exit_code: int = EXIT_OK
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _standardised_projection(features: np.ndarray, dims: int, seed: int) -> np.ndarray:

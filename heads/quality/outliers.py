@@ -18,16 +18,17 @@ other's neighbour), scored once per label they carry.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import EXIT_OK, UsageError
+from embedder.errors import UsageError
 
 from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, require_labels,
                         unit_features)
 from .output import write_csv
+from .report import QualityReport
 
 DEFAULT_K = 10
 DEFAULT_REFERENCE = 5000
@@ -55,7 +56,7 @@ class OutlierScores:
 
 
 @dataclass
-class OutliersReport:
+class OutliersReport(QualityReport):
     cache: str
     images: int
     classes: int
@@ -64,12 +65,6 @@ class OutliersReport:
     sampled_classes: list
     top: list
     out: str
-    seconds: float
-    warnings: list = field(default_factory=list)
-    exit_code: int = EXIT_OK
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def outlier_scores(inv: Inventory, x: np.ndarray, k: int = DEFAULT_K, max_reference: int = DEFAULT_REFERENCE,

@@ -12,17 +12,18 @@ Drawn on a bare matplotlib ``Figure`` (Agg): no display, no global pyplot state.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from embedder.errors import EXIT_OK, UsageError
+from embedder.errors import UsageError
 
 from .inventory import Inventory, default_report_path, unit_features
 from .output import read_flagged_paths, save_png
 from .pca import principal_axes
+from .report import QualityReport
 
 METHODS = ("pca", "tsne")
 DEFAULT_POINTS = {"pca": 50_000, "tsne": 5_000}
@@ -32,7 +33,7 @@ _LEGEND_MAX = 20
 
 
 @dataclass
-class MapReport:
+class MapReport(QualityReport):
     cache: str
     method: str
     points: int
@@ -43,12 +44,6 @@ class MapReport:
     missing_paths: int
     explained: list  # PCA: share of variance on each axis
     out: str
-    seconds: float
-    warnings: list = field(default_factory=list)
-    exit_code: int = EXIT_OK
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _flagged_rows(inv: Inventory, flag_files: Sequence[str | Path], top: int | None, x: np.ndarray,
