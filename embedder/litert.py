@@ -2,8 +2,8 @@
 
 On a 2-core CPU, `embed run` with TensorFlow runs MobileNetV2 at ~120 images/s; the same
 Keras model converted to a TFLite flatbuffer and run by XNNPACK, one interpreter per core,
-at ~250, with features equal within ~3e-5 (benchmarks/embed_throughput.py). So machines without a GPU run backbones
-forward through LiteRT by default (``--runtime auto``).
+at ~250, with features equal within ~3e-5 (benchmarks/embed_throughput.py). So machines
+without a GPU run backbones forward through LiteRT by default (``--runtime auto``).
 
 A backbone is converted once per fingerprint; the flatbuffer is kept in
 ``<cache dir>/litert/<fingerprint id>.tflite`` (written atomically), so later runs neither
@@ -92,7 +92,7 @@ def default_layout(cores: int) -> tuple[int, int]:
 
 class _Interpreter:
     """One LiteRT interpreter; its input is resized only when the batch size changes
-    (re-planning is cheap: ~0.1 ms measured)."""
+    (cheap: alternating 3- and 4-image inputs cost nothing measurable)."""
 
     def __init__(self, flatbuffer: bytes, threads: int):
         from .tf_runtime import quiet_stderr
@@ -148,8 +148,9 @@ class LiteRTForward:
 
     @property
     def layout(self) -> str:
-        return f"{self.interpreters} interpreter{'s' * (self.interpreters > 1)} x {self.threads} thread" + \
-            "s" * (self.threads > 1)
+        """E.g. '2 interpreters x 1 thread', as `embed run` reports its runtime choice."""
+        interpreters = f"{self.interpreters} interpreter{'s' if self.interpreters > 1 else ''}"
+        return f"{interpreters} x {self.threads} thread{'s' if self.threads > 1 else ''}"
 
     def __call__(self, images) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
