@@ -92,32 +92,33 @@ def default_layout(cores: int) -> tuple[int, int]:
 
 class _Interpreter:
     """One LiteRT interpreter; its input is resized only when the batch size changes
-    (cheap: alternating 3- and 4-image inputs cost nothing measurable)."""
+    (cheap: alternating 3- and 4-image inputs cost nothing measurable).
+
+    Built in the caller's thread, with XNNPACK applied there and then: the delegate
+    announces itself on fd 2 when first applied, and silencing fd 2 later, from a worker
+    thread, would also swallow what the main thread prints meanwhile. Later resizes
+    print nothing.
+    """
 
     def __init__(self, flatbuffer: bytes, threads: int):
         from .tf_runtime import quiet_stderr
 
-        with quiet_stderr():  # XNNPACK announces itself on fd 2 ("INFO: Created ... delegate")
+        with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self._interpreter = interpreter_class()(model_content=flatbuffer, num_threads=threads)
+            self._interpreter.allocate_tensors()
         details = self._interpreter.get_input_details()[0]
         self._input = details["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self.image_size = int(details["shape"][1])
-        self._batch = None
+        self._batch = int(details["shape"][0])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.shape[0] != self._batch:
-            from .tf_runtime import quiet_stderr
-
-            with quiet_stderr():  # XNNPACK announces its delegate on fd 2 when it is applied
-                self._interpreter.resize_tensor_input(self._input, list(x.shape), strict=False)
-                self._interpreter.allocate_tensors()
-                self._interpreter.set_tensor(self._input, x)
-                self._interpreter.invoke()
+            self._interpreter.resize_tensor_input(self._input, list(x.shape), strict=False)
+            self._interpreter.allocate_tensors()
             self._batch = x.shape[0]
-        else:
-            self._interpreter.set_tensor(self._input, x)
-            self._interpreter.invoke()  # releases the GIL: interpreters run side by side
+        self._interpreter.set_tensor(self._input, x)
+        self._interpreter.invoke()  # releases the GIL: interpreters run side by side
         return self._interpreter.get_tensor(self._output).copy()
 
 

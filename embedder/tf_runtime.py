@@ -11,27 +11,47 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 
 _tf = None
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: int | None = None
+
+
 @contextlib.contextmanager
 def quiet_stderr():
-    """Silence file descriptor 2 (C++ logging) while TensorFlow loads its libraries."""
+    """Silence file descriptor 2 (C++ logging) while TensorFlow loads its libraries.
+
+    fd 2 is process-wide: nested or concurrent uses share one redirection, and the last
+    to leave restores the real stderr (two threads each saving and restoring "their" fd 2
+    could otherwise leave it pointing at /dev/null for good).
+    """
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError):  # no real stderr (e.g. captured by a test harness)
+                saved = None
+            if saved is not None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            _quiet_saved = saved
+        _quiet_depth += 1
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (e.g. captured by a test harness)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_saved is not None:
+                os.dup2(_quiet_saved, 2)
+                os.close(_quiet_saved)
+                _quiet_saved = None
 
 
 def import_tf():

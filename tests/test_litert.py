@@ -158,3 +158,35 @@ def test_default_layout_is_one_interpreter_per_core_up_to_a_cap(cores, layout):
     from embedder.litert import default_layout
 
     assert default_layout(cores) == layout
+
+
+def test_quiet_stderr_from_two_threads_restores_the_real_stderr():
+    """fd 2 is process-wide: overlapping silencers (A in, B in, A out, B out) must leave the
+    real stderr in place, not the /dev/null one thread saw when it came in."""
+    import os
+    import threading
+
+    from embedder.tf_runtime import quiet_stderr
+
+    before = os.fstat(2)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with quiet_stderr():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with quiet_stderr():
+            b_in.set()
+            a_out.wait(10)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
