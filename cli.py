@@ -767,16 +767,17 @@ def export(
 def main(argv: Optional[List[str]] = None) -> int:
     """Console entry point: run the app, turning errors into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    interrupted = _CtrlC()
     try:
-        result = app(args=args, prog_name="headstart", standalone_mode=False)
+        with interrupted:
+            result = app(args=args, prog_name="headstart", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except HeadstartError as exc:
         _err(f"headstart: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _err("headstart: interrupted; finished batches are kept, rerun the same command to resume")
-        return 130
+        return _interrupted(args)
     except Exception as exc:  # click's usage errors (Typer vendors click), and genuine bugs
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
@@ -788,7 +789,47 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         _err(f"headstart: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return EXIT_INTERNAL
+    if interrupted.seen:  # Typer turns Ctrl-C into a silent exit code 130; say what it means
+        return _interrupted(args)
     return result if isinstance(result, int) else EXIT_OK
+
+
+class _CtrlC:
+    """Notes a Ctrl-C (SIGINT) while a command runs; it still raises KeyboardInterrupt.
+
+    Only where Python's own handler is in place (not where SIGINT is ignored, e.g. a
+    background job, nor outside the main thread)."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _interrupted(args: List[str]) -> int:
+    if args[:2] == ["embed", "run"]:
+        _err("headstart: interrupted; the finished batches are kept: rerun the same command to resume")
+    else:
+        _err("headstart: interrupted")
+    return 130
 
 
 if __name__ == "__main__":

@@ -92,3 +92,32 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     grown = _by_path(cache)
     for path, (vec, _) in expected.items():
         np.testing.assert_array_equal(grown[path][0], resumed[path][0])  # old rows bit for bit
+
+
+def test_ctrl_c_says_what_is_kept_and_the_rerun_resumes(tmp_path):
+    """SIGINT mid-run: exit code 130, one line saying the finished batches are kept (Typer
+    itself turns Ctrl-C into a silent 130), the parts on disk, and a rerun that resumes."""
+    images = tmp_path / "imgs"
+    make_class_folders(images, per_class=40, size=(64, 64))
+    cache = tmp_path / "c.h5"
+    cmd = [arg for arg in _cmd(images, cache) if arg not in ("--quiet", "--json")]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # a background CI job may start us with SIGINT ignored; Ctrl-C would not be
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parts = parts_dir_for(cache)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and \
+            len(list(parts.glob("part-*.npz")) if parts.is_dir() else []) < 3:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"embed run finished before Ctrl-C: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err[-800:]
+    assert err.rstrip().splitlines()[-1] == ("headstart: interrupted; the finished batches are kept: rerun the same "
+                                             "command to resume")
+    assert "Traceback" not in err
+    kept = len(list(parts.glob("part-*.npz")))
+    assert 3 <= kept < 40 and not cache.exists()
+    report = _run(images, cache)
+    assert report["resumed_parts"] == kept and report["files"] == 80
