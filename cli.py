@@ -9,7 +9,9 @@ bug, printed as one line too unless ``--debug`` asks for the traceback.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -809,9 +811,6 @@ class _CtrlC:
         raise KeyboardInterrupt
 
     def __enter__(self):
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -819,8 +818,6 @@ class _CtrlC:
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
-            import signal
-
             signal.signal(signal.SIGINT, self._previous)
 
 
