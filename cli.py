@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from embedder.errors import EXIT_OK, HeadstartError
+from headstart.embedder.errors import EXIT_OK, HeadstartError
 
 app = typer.Typer(
     name="headstart",
@@ -95,14 +95,14 @@ def embed_run(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Embed every image once; reruns embed only what is new, and resume after a crash."""
-    from embedder.backbones import BackboneConfig
-    from embedder.job import EmbedOptions, parse_shard, run_embedding
+    from headstart.embedder.backbones import BackboneConfig
+    from headstart.embedder.job import EmbedOptions, parse_shard, run_embedding
 
-    from embedder.devices import parse_devices
+    from headstart.embedder.devices import parse_devices
 
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                             layer=layer, alpha=alpha, seed=seed, precision=precision)
-    from embedder.batch_size import parse_batch_size
+    from headstart.embedder.batch_size import parse_batch_size
 
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=parse_batch_size(batch_size, 32),
                            manifest=manifest, parallelism=workers, runtime=runtime,
@@ -118,7 +118,7 @@ def embed_run(
 
 
 def _print_embed_report(report, quiet: bool) -> None:
-    from embedder.fingerprint import describe
+    from headstart.embedder.fingerprint import describe
 
     out = _err if quiet else typer.echo
     if not quiet:
@@ -171,7 +171,7 @@ def embed_merge(
     """Combine shard caches into one; checks fingerprints and that no key differs between shards."""
     from dataclasses import asdict
 
-    from embedder.merge import merge_caches
+    from headstart.embedder.merge import merge_caches
 
     report = merge_caches(out, shards, virtual=virtual, images_root=images_root, log=(lambda m: None) if as_json else _err)
     if as_json:
@@ -190,8 +190,8 @@ def embed_info(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """What a cache holds: fingerprint, counts per class and split, failures, size."""
-    from embedder.cache import latest_cache
-    from embedder.info import cache_info
+    from headstart.embedder.cache import latest_cache
+    from headstart.embedder.info import cache_info
 
     path = cache or latest_cache()
     info = cache_info(path)
@@ -224,7 +224,7 @@ def embed_info(
 @embed_app.command("backbones")
 def embed_backbones(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List the registered backbones, their native input size and preprocessing."""
-    from embedder.backbones import registry_table
+    from headstart.embedder.backbones import registry_table
 
     rows = registry_table()
     if as_json:
@@ -295,8 +295,8 @@ def head_train(
 
     Exit 1 when images had to be left out (same bytes under two classes).
     """
-    from heads.params import make_params, views_option
-    from heads.train import train_head
+    from headstart.heads.params import make_params, views_option
+    from headstart.heads.train import train_head
 
     params = make_params(head, epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden or None, dropout=dropout,
                          l2=l2, label_smoothing=label_smoothing, patience=patience, class_weight=class_weight,
@@ -317,7 +317,7 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 def _print_train_report(report, quiet: bool) -> None:
     if not quiet:
-        from heads.params import describe_params
+        from headstart.heads.params import describe_params
 
         counts = report.split["counts"]
         m = report.metrics
@@ -362,7 +362,7 @@ def head_eval(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Re-evaluate a saved head on a cache of the same fingerprint: its own, or a new labelled set."""
-    from heads.train import evaluate_run
+    from headstart.heads.train import evaluate_run
 
     report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir,
                           log=(lambda m: None) if (quiet or as_json) else _err)
@@ -387,8 +387,8 @@ def head_list(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Leaderboard of the runs under ./runs/: head, key parameters, val accuracy, macro-F1, time."""
-    from heads.leaderboard import format_table, leaderboard_rows, sort_rows
-    from heads.runs import incomplete_runs, list_runs
+    from headstart.heads.leaderboard import format_table, leaderboard_rows, sort_rows
+    from headstart.heads.runs import incomplete_runs, list_runs
 
     rows = sort_rows(leaderboard_rows(list_runs(runs_dir), base=runs_dir), sort)
     if limit is not None:
@@ -435,8 +435,8 @@ def head_sweep(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Train several heads/settings on one in-memory copy of the features; print the leaderboard."""
-    from heads.leaderboard import format_table
-    from heads.sweep import parse_grid, run_sweep
+    from headstart.heads.leaderboard import format_table
+    from headstart.heads.sweep import parse_grid, run_sweep
 
     grid = parse_grid({"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden": hidden,
                        "dropout": dropout, "l2": l2, "label_smoothing": label_smoothing, "patience": patience,
@@ -510,7 +510,7 @@ def inspect_duplicates(
 
     Exit 1 when leakage or label conflicts were found.
     """
-    from heads.quality.commands import inspect_duplicates as run
+    from headstart.heads.quality.commands import inspect_duplicates as run
 
     report = run(cache, cache_dir, threshold, val_fraction, seed, out, max_pairs, progress=not quiet and not as_json,
                  log=_inspect_log(quiet, as_json))
@@ -564,7 +564,7 @@ def inspect_labels(
     as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
 ) -> None:
     """Rank likely label errors: each image's given label vs out-of-fold predicted probabilities."""
-    from heads.quality.commands import inspect_labels as run
+    from headstart.heads.quality.commands import inspect_labels as run
 
     report = run(cache, cache_dir, folds, dims, c, seed, out, progress=not quiet and not as_json,
                  log=_inspect_log(quiet, as_json))
@@ -596,7 +596,7 @@ def inspect_outliers(
     as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
 ) -> None:
     """Rank images far from their class (mean cosine distance to the k nearest same-class images)."""
-    from heads.quality.commands import inspect_outliers as run
+    from headstart.heads.quality.commands import inspect_outliers as run
 
     report = run(cache, cache_dir, k, max_reference, seed, out, progress=not quiet and not as_json,
                  log=_inspect_log(quiet, as_json))
@@ -630,7 +630,7 @@ def inspect_map(
     as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
 ) -> None:
     """A 2-D projection of the embeddings as a PNG, coloured by class, flagged images ringed."""
-    from heads.quality.commands import inspect_map as run
+    from headstart.heads.quality.commands import inspect_map as run
 
     report = run(cache, cache_dir, method, flag or [], top, max_points, seed, out, progress=not quiet and not as_json,
                  log=_inspect_log(quiet, as_json))
@@ -673,8 +673,8 @@ def finetune(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Fine-tune backbone + head end to end on the images, warm-started from a dense head."""
-    from embedder.devices import parse_devices
-    from heads.finetune import FinetuneOptions, finetune as run_finetune
+    from headstart.embedder.devices import parse_devices
+    from headstart.heads.finetune import FinetuneOptions, finetune as run_finetune
 
     options = FinetuneOptions(from_run=from_run, runs_dir=runs_dir, unfreeze=unfreeze, epochs=epochs, lr=lr,
                               batch_size=batch_size, augment=augment, images=images, cache=cache, out=out, seed=seed,
@@ -717,13 +717,13 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Class probabilities for images: path, top-1 label, its probability, the top-k."""
-    from heads.inference import PredictOptions, predict_images, write_predictions
-    from heads.runs import best_run, load_run
+    from headstart.heads.inference import PredictOptions, predict_images, write_predictions
+    from headstart.heads.runs import best_run, load_run
 
     chosen = load_run(run) if run else best_run(runs_dir)
     if run is None and not quiet:
         _err(f"using run {chosen.path} (the best by val accuracy under {runs_dir}/)")
-    from embedder.devices import parse_devices
+    from headstart.embedder.devices import parse_devices
 
     options = PredictOptions(top_k=top_k, batch_size=batch_size, caches=cache, use_cache=not no_cache,
                              runtime=runtime, devices=parse_devices(devices), progress=not quiet)
@@ -750,8 +750,8 @@ def export(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One self-contained model on raw RGB pixels [0, 255] -> class probabilities, plus labels.txt."""
-    from heads.export import FORMATS, export_run
-    from heads.runs import load_run
+    from headstart.heads.export import FORMATS, export_run
+    from headstart.heads.runs import load_run
 
     if fmt not in FORMATS:
         raise HeadstartError(f"unsupported export format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -82,7 +82,7 @@ def photo_like_jpegs(folder: Path, count: int, size=(375, 500), classes=10, seed
 def _write_photo_like_jpegs(folder: Path, count: int, size, classes: int, seed: int) -> None:
     import numpy as np
 
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.tf_runtime import import_tf
 
     stamp = folder / ".complete"
     tf = import_tf()

@@ -45,7 +45,7 @@ RUNTIME_BACKBONES = ("MobileNetV2", "EfficientNetB0", "ResNet50")
 
 
 def _config(backbone: str, weights: str):
-    from embedder.backbones import BackboneConfig
+    from headstart.embedder.backbones import BackboneConfig
 
     return BackboneConfig(backbone=backbone, weights=weights, image_size=224)
 
@@ -62,11 +62,11 @@ def _time_batches(forward, batches: list, images: int) -> tuple[int, float]:
 
 def child_model(backbone: str, weights: str, runtime: str, batch: int, images: int, folder: str, work: str) -> dict:
     """The network alone, on real images decoded and resized before the clock starts."""
-    from embedder.backbones import build_backbone, resolve
-    from embedder.litert import fingerprint_key
-    from embedder.pipeline import image_dataset
-    from embedder.runtime import make_forward
-    from embedder.tf_runtime import tune_malloc
+    from headstart.embedder.backbones import build_backbone, resolve
+    from headstart.embedder.litert import fingerprint_key
+    from headstart.embedder.pipeline import image_dataset
+    from headstart.embedder.runtime import make_forward
+    from headstart.embedder.tf_runtime import tune_malloc
 
     tune_malloc()
     resolved = resolve(_config(backbone, weights))
@@ -93,9 +93,9 @@ def child_model_tf_concurrent(backbone: str, weights: str, batch: int, images: i
 
     import numpy as np
 
-    from embedder.backbones import build_backbone, resolve
-    from embedder.pipeline import compiled_forward, default_parallelism, image_dataset
-    from embedder.tf_runtime import import_tf, tune_malloc
+    from headstart.embedder.backbones import build_backbone, resolve
+    from headstart.embedder.pipeline import compiled_forward, default_parallelism, image_dataset
+    from headstart.embedder.tf_runtime import import_tf, tune_malloc
 
     tune_malloc()
     tf = import_tf()
@@ -120,9 +120,9 @@ def child_model_tf_concurrent(backbone: str, weights: str, batch: int, images: i
 
 def child_embed(backbone: str, weights: str, runtime: str, batch: int, folder: str, cache: str, dtype: str,
                 precision: str = "float32", devices: str = "", logical_cpus: int = 0) -> dict:
-    from embedder.devices import parse_devices
-    from embedder.job import EmbedOptions, run_embedding
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.devices import parse_devices
+    from headstart.embedder.job import EmbedOptions, run_embedding
+    from headstart.embedder.tf_runtime import import_tf
 
     import_started = time.perf_counter()
     tf = import_tf()  # a fixed cost of any TensorFlow approach; (c) pays it outside its clock too
@@ -147,8 +147,8 @@ def child_naive(weights: str, folder: str) -> dict:
     """The seed tutorial's way: load every image with keras.utils.load_img, then predict."""
     import numpy as np
 
-    from embedder.backbones import build_backbone, resolve
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.backbones import build_backbone, resolve
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     start = time.perf_counter()
@@ -167,8 +167,8 @@ def child_flops(backbone: str) -> dict:
     """Float operations of one forward pass at 224 px, counted on the frozen graph."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    from embedder.backbones import build_backbone, resolve
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.backbones import build_backbone, resolve
+    from headstart.embedder.tf_runtime import import_tf
 
     tf = import_tf()
     model = build_backbone(resolve(_config(backbone, "none")))
@@ -280,7 +280,7 @@ def devices_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images:
                  precisions: list[str]) -> None:
     """With a GPU: mixed precision against float32 per backbone (on --devices). Without
     one: MobileNetV2 on 2 logical CPU devices next to 1 device (correctness, not speed)."""
-    from embedder.devices import gpu_likely
+    from headstart.embedder.devices import gpu_likely
 
     folder = photo_like_jpegs(work / f"images-{images}", images)
     result = out["devices"] = {"gpu": gpu_likely()}

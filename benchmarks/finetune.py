@@ -32,13 +32,13 @@ def main() -> None:
         print(json.dumps({"benchmark": "finetune", "skipped": f"assets not found at {ASSETS}"}))
         return
 
-    from embedder.backbones import BackboneConfig
-    from embedder.job import EmbedOptions, run_embedding
-    from heads.finetune import FinetuneOptions, finetune
-    from heads.inference import PredictOptions, predict_images
-    from heads.params import HeadParams
-    from heads.runs import load_run
-    from heads.train import train_head
+    from headstart.embedder.backbones import BackboneConfig
+    from headstart.embedder.job import EmbedOptions, run_embedding
+    from headstart.heads.finetune import FinetuneOptions, finetune
+    from headstart.heads.inference import PredictOptions, predict_images
+    from headstart.heads.params import HeadParams
+    from headstart.heads.runs import load_run
+    from headstart.heads.train import train_head
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="headstart-ft-"))
     out: dict = {"benchmark": "finetune", "machine": machine(), "data": "hymenoptera 245 train / 153 val",

@@ -42,7 +42,7 @@ def make_cache(path: Path, rows: int, seed: int = 0) -> Path:
 
     import numpy as np
 
-    from embedder.cache import FileRecord, write_cache
+    from headstart.embedder.cache import FileRecord, write_cache
 
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1, (CLASSES, DIM)).astype(np.float32)
@@ -59,8 +59,8 @@ def make_cache(path: Path, rows: int, seed: int = 0) -> Path:
 
 
 def child_load(cache: str) -> dict:
-    from embedder.cache import open_cache
-    from heads.data import load_labelled
+    from headstart.embedder.cache import open_cache
+    from headstart.heads.data import load_labelled
 
     start = time.perf_counter()
     opened = open_cache(cache)
@@ -75,10 +75,10 @@ def child_load(cache: str) -> dict:
 
 def child_dense(cache: str, hidden: str) -> dict:
     """The product's fit function (heads.dense.train_dense) with per-epoch timestamps."""
-    from embedder.tf_runtime import import_tf
-    from heads.data import load_labelled
-    from heads.dense import train_dense
-    from heads.params import make_params
+    from headstart.embedder.tf_runtime import import_tf
+    from headstart.heads.data import load_labelled
+    from headstart.heads.dense import train_dense
+    from headstart.heads.params import make_params
 
     import_tf()
     data = load_labelled(cache, 0.2, 0)
@@ -97,8 +97,8 @@ def child_dense(cache: str, hidden: str) -> dict:
 
 def child_head(cache: str, head: str, out: str) -> dict:
     """`headstart head train --head HEAD` as the CLI runs it (defaults), minus the CLI layer."""
-    from heads.params import make_params
-    from heads.train import train_head
+    from headstart.heads.params import make_params
+    from headstart.heads.train import train_head
 
     start = time.perf_counter()
     report = train_head(make_params(head), cache=cache, out=out)
@@ -110,10 +110,10 @@ def child_backbone(folder: str, weights: str, batch: int, train_rows: int) -> di
     """Train the default dense head through the frozen backbone, decoding JPEGs each step."""
     import numpy as np
 
-    from embedder.backbones import BackboneConfig, build_backbone, resolve
-    from embedder.pipeline import image_dataset
-    from embedder.tf_runtime import import_keras, import_tf, tune_malloc
-    from heads.dense import build_dense_head
+    from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
+    from headstart.embedder.pipeline import image_dataset
+    from headstart.embedder.tf_runtime import import_keras, import_tf, tune_malloc
+    from headstart.heads.dense import build_dense_head
 
     tf, keras = import_tf(), import_keras()
     tune_malloc()

@@ -47,7 +47,7 @@ def make_cache(path: Path, rows: int, dim: int, near: int, exact: int, flips: in
 
     import numpy as np
 
-    from embedder.cache import FileRecord, write_cache
+    from headstart.embedder.cache import FileRecord, write_cache
 
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
@@ -126,9 +126,9 @@ def threshold_study(work: Path) -> dict:
     from PIL import Image, ImageEnhance
 
     from common import ASSETS, WEIGHTS_MOBILENET_V2
-    from embedder.backbones import BackboneConfig
-    from embedder.cache import open_cache
-    from embedder.job import EmbedOptions, run_embedding
+    from headstart.embedder.backbones import BackboneConfig
+    from headstart.embedder.cache import open_cache
+    from headstart.embedder.job import EmbedOptions, run_embedding
 
     source = ASSETS / "data" / "hymenoptera"
     if not (source.is_dir() and WEIGHTS_MOBILENET_V2.is_file()):
@@ -185,7 +185,7 @@ def threshold_study(work: Path) -> dict:
 
 
 def child(command: str, cache: str, out_dir: str, extra: list[str]) -> None:
-    import cli
+    from headstart import cli
 
     out = Path(out_dir) / {"duplicates": "dups.csv", "labels": "labels.csv", "outliers": "outliers.csv",
                            "map": "map.png"}[command]

@@ -38,10 +38,10 @@ def main() -> None:
         print(json.dumps({"benchmark": "views", "skipped": f"assets not found at {ASSETS}"}))
         return
 
-    from embedder.backbones import BackboneConfig
-    from embedder.job import EmbedOptions, run_embedding
-    from heads.params import make_params
-    from heads.train import train_head
+    from headstart.embedder.backbones import BackboneConfig
+    from headstart.embedder.job import EmbedOptions, run_embedding
+    from headstart.heads.params import make_params
+    from headstart.heads.train import train_head
 
     ks = sorted(int(k) for k in args.views.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -33,7 +33,7 @@ def sample_image(rng: np.random.Generator, kind: str, colour, size=(120, 160)) -
 def main(out: str, per_class: int = 20, seed: int = 0) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.tf_runtime import import_tf
 
     tf = import_tf()
     rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import UsageError
+from headstart.embedder.errors import UsageError
 
 from .numpy_heads import MODEL_FILE, NumpyHead, l2_normalize
 from .params import HeadParams

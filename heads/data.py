@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.cache import Cache, open_cache
-from embedder.errors import CacheError, UsageError
-from embedder.storage import location
+from headstart.embedder.cache import Cache, open_cache
+from headstart.embedder.errors import CacheError, UsageError
+from headstart.embedder.storage import location
 
 from .splits import SPLIT_PRIORITY, assign_splits, split_source
 

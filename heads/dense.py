@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from embedder.errors import HeadstartError
-from embedder.tf_runtime import import_keras, import_tf
+from headstart.embedder.errors import HeadstartError
+from headstart.embedder.tf_runtime import import_keras, import_tf
 
 from .params import HeadParams
 from .standardize import Standardizer

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from embedder.atomic import write_text_atomic
+from headstart.embedder.atomic import write_text_atomic
 
 from .runs import json_default
 

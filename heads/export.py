@@ -16,9 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-from embedder.atomic import write_text_atomic
-from embedder.cache import library_versions
-from embedder.errors import UsageError
+from headstart.embedder.atomic import write_text_atomic
+from headstart.embedder.cache import library_versions
+from headstart.embedder.errors import UsageError
 
 from .full_model import load_full_model
 
@@ -42,7 +42,7 @@ def export_run(run, fmt: str, out: Path) -> dict:
         _write_saved_model(model, size, artifact)
     else:
         artifact = out / "model.tflite"
-        from embedder.litert import convert
+        from headstart.embedder.litert import convert
 
         artifact.write_bytes(convert(model))
     write_text_atomic(out / "labels.txt", "".join(f"{c}\n" for c in run.classes))
@@ -63,7 +63,7 @@ def export_run(run, fmt: str, out: Path) -> dict:
 
 
 def _write_saved_model(model, size: int, target: Path) -> None:
-    from embedder.tf_runtime import import_keras, import_tf
+    from headstart.embedder.tf_runtime import import_keras, import_tf
 
     tf, keras = import_tf(), import_keras()
     if target.exists():

@@ -31,13 +31,13 @@ from typing import Callable
 
 import numpy as np
 
-from embedder.atomic import atomic_path, write_text_atomic
-from embedder.cache import library_versions, open_cache
-from embedder.devices import mirrored_strategy, select_devices
-from embedder.errors import BackboneError, UsageError
-from embedder.fingerprint import require_same
-from embedder.hashing import hash_files
-from embedder.storage import location
+from headstart.embedder.atomic import atomic_path, write_text_atomic
+from headstart.embedder.cache import library_versions, open_cache
+from headstart.embedder.devices import mirrored_strategy, select_devices
+from headstart.embedder.errors import BackboneError, UsageError
+from headstart.embedder.fingerprint import require_same
+from headstart.embedder.hashing import hash_files
+from headstart.embedder.storage import location
 
 from .full_model import FULL_MODEL_FILE, backbone_sources, compose, is_finetuned, require_keras_head, resolve_backbone
 
@@ -111,7 +111,7 @@ def weight_layers(backbone) -> list:
     BatchNormalization layers never count (they stay frozen and in inference mode), nor do
     the fixed preprocessing layers headstart puts in front of the backbone.
     """
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     chosen = []
@@ -191,8 +191,8 @@ def _select_examples(cache, run, images_root: Path, report: FinetuneReport) -> t
 
 def _dataset(examples: _Examples, num_classes: int, size: int, batch: int, training: bool, augment: bool, seed: int,
              drop_remainder: bool = False):
-    from embedder.pipeline import default_parallelism, load_image
-    from embedder.tf_runtime import import_keras, import_tf
+    from headstart.embedder.pipeline import default_parallelism, load_image
+    from headstart.embedder.tf_runtime import import_keras, import_tf
 
     tf, keras = import_tf(), import_keras()
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(examples.paths, dtype=object), examples.labels))
@@ -218,8 +218,8 @@ def augmentation(keras, seed: int):
 
 
 def _load_images(paths: list[str], size: int) -> np.ndarray:
-    from embedder.pipeline import load_image
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.pipeline import load_image
+    from headstart.embedder.tf_runtime import import_tf
 
     tf = import_tf()
     return np.stack([load_image(tf, tf.constant(p), size).numpy() for p in paths])
@@ -344,8 +344,8 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     """Fine-tune from a dense head run; write a run folder like a head's."""
     from tqdm import tqdm
 
-    from embedder.backbones import build_backbone
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.backbones import build_backbone
+    from headstart.embedder.tf_runtime import import_keras
 
     started = time.perf_counter()
     if options.epochs < 1:

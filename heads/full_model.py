@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedder.backbones import ResolvedBackbone, build_backbone, config_from_fingerprint
-from embedder.errors import UsageError
-from embedder.storage import location
+from headstart.embedder.backbones import ResolvedBackbone, build_backbone, config_from_fingerprint
+from headstart.embedder.errors import UsageError
+from headstart.embedder.storage import location
 
 FULL_MODEL_FILE = "model.keras"
 
@@ -24,7 +24,7 @@ def backbone_sources(meta: dict) -> tuple[str | None, str | None]:
     if backbone is None and weights is None:
         cache_path = (meta.get("cache") or {}).get("path")
         if cache_path and location(cache_path).is_file():
-            from embedder.cache import open_cache
+            from headstart.embedder.cache import open_cache
 
             attrs = open_cache(cache_path).attrs
             backbone, weights = attrs.get("backbone_source"), attrs.get("weights_source")
@@ -50,7 +50,7 @@ def require_keras_head(run) -> None:
 
 def compose(backbone, head, name: str = "headstart_classifier"):
     """pixels [B, S, S, 3] in [0, 255] -> class probabilities [B, C]."""
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     size = int(backbone.inputs[0].shape[1])
@@ -62,7 +62,7 @@ def compose(backbone, head, name: str = "headstart_classifier"):
 
 def load_full_model(run):
     """The run's classifier on raw pixels, and its input size."""
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     require_keras_head(run)
     keras = import_keras()

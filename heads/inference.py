@@ -14,12 +14,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from embedder.cache import open_cache
-from embedder.discovery import discover
-from embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
-from embedder.fingerprint import same
-from embedder.hashing import hash_files
-from embedder.storage import location
+from headstart.embedder.cache import open_cache
+from headstart.embedder.discovery import discover
+from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
+from headstart.embedder.fingerprint import same
+from headstart.embedder.hashing import hash_files
+from headstart.embedder.storage import location
 
 from .full_model import is_finetuned, load_full_model, resolve_backbone
 
@@ -164,7 +164,7 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
 
     todo = [i for i in usable if i not in probabilities]
     if todo:
-        from embedder.pipeline import embed_batches
+        from headstart.embedder.pipeline import embed_batches
 
         backbone_started = time.perf_counter()
         forward, to_probabilities = _forward_for(run, finetuned, options, log)
@@ -193,10 +193,10 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
 def _forward_for(run, finetuned: bool, options: PredictOptions, log):
     """Fine-tuned runs: the whole network on pixels gives probabilities. Head runs: the
     backbone gives features, then the head (Keras or numpy) gives probabilities."""
-    from embedder.backbones import build_backbone
-    from embedder.hashing import content_key
-    from embedder.litert import fingerprint_key
-    from embedder.runtime import make_forward
+    from headstart.embedder.backbones import build_backbone
+    from headstart.embedder.hashing import content_key
+    from headstart.embedder.litert import fingerprint_key
+    from headstart.embedder.runtime import make_forward
 
     if finetuned:
         model_file = Path(run.path) / run.meta.get("model_file", "model.keras")
@@ -232,7 +232,7 @@ def write_predictions(report: PredictReport, out: Path | None, fmt: str) -> str 
         raise UsageError(f"--format must be csv or json, got {fmt!r}")
     if out is None:
         return text
-    from embedder.atomic import write_text_atomic
+    from headstart.embedder.atomic import write_text_atomic
 
     write_text_atomic(out, text)
     return None

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from embedder.errors import UsageError
+from headstart.embedder.errors import UsageError
 
 from .params import describe_params
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from embedder.atomic import atomic_path
+from headstart.embedder.atomic import atomic_path
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.npz"

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
-from embedder.errors import UsageError
+from headstart.embedder.errors import UsageError
 
 from .splits import check_val_fraction
 

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from embedder.atomic import atomic_path
+from headstart.embedder.atomic import atomic_path
 
 
 def _save(fig, path: str | os.PathLike) -> None:

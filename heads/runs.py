@@ -22,8 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from embedder.atomic import TMP_MARKER, fsync_dir, write_text_atomic
-from embedder.errors import HeadstartError, UsageError
+from headstart.embedder.atomic import TMP_MARKER, fsync_dir, write_text_atomic
+from headstart.embedder.errors import HeadstartError, UsageError
 
 RUN_META = "head.json"
 FORMAT_VERSION = 1
@@ -79,7 +79,7 @@ class Run:
             raise RunError(f"run {self.path} has a {self.head_type} head (scikit-learn), not a Keras model; "
                            f"train one with `headstart head train --head dense`")
         if self._model is None:
-            from embedder.tf_runtime import import_keras
+            from headstart.embedder.tf_runtime import import_keras
 
             keras = import_keras()
             try:

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from embedder.errors import UsageError
+from headstart.embedder.errors import UsageError
 
 SPLITS = ("train", "val", "test")
 # How held out a split name is: bytes filed under two splits go to the most held-out one.

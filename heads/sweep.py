@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 
 from .data import load_labelled
 from .leaderboard import leaderboard_rows, sort_rows

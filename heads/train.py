@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from embedder.cache import latest_cache, library_versions, open_cache
-from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
-from embedder.fingerprint import describe, require_same
-from embedder.storage import location
+from headstart.embedder.cache import latest_cache, library_versions, open_cache
+from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from headstart.embedder.fingerprint import describe, require_same
+from headstart.embedder.storage import location
 
 from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled, training_views
 from .evaluate import compute_metrics, summarize, write_evaluation
@@ -121,7 +121,7 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
 
     # Library imports take seconds once per process; they are not the head's training time.
     if params.head_type == "dense":
-        from embedder.tf_runtime import import_tf
+        from headstart.embedder.tf_runtime import import_tf
 
         import_tf()
     else:

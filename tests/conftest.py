@@ -16,8 +16,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 ASSETS = Path(os.environ.get("HEADSTART_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 HYMENOPTERA = ASSETS / "data" / "hymenoptera"
@@ -72,7 +70,7 @@ def tiny_model_file(tmp_path_factory) -> Path:
 
     It takes RGB pixels in [0, 255] and rescales them itself, as a user model must.
     """
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(7)
@@ -91,7 +89,7 @@ def tiny_model_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def run_cli(capsys):
     """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    import cli
+    from headstart import cli
 
     def run(*args: str):
         code = cli.main([str(a) for a in args])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import HYMENOPTERA, WEIGHTS_035, needs_assets
-from embedder.backbones import REGISTRY, BackboneConfig, build_backbone, preprocessing_layers, resolve
+from headstart.embedder.backbones import REGISTRY, BackboneConfig, build_backbone, preprocessing_layers, resolve
 
 
 @pytest.mark.parametrize(
@@ -14,7 +14,7 @@ from embedder.backbones import REGISTRY, BackboneConfig, build_backbone, preproc
     [("tf", "mobilenet_v2"), ("torch", "densenet"), ("caffe", "resnet50"), ("caffe", "vgg16"), ("tf", "xception")],
 )
 def test_preprocessing_layers_match_keras_preprocess_input(mode, keras_module):
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
@@ -71,7 +71,7 @@ def test_real_weights_give_useful_features(tmp_path, run_cli):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from embedder.cache import open_cache
+    from headstart.embedder.cache import open_cache
 
     def val_accuracy(name, *weights_args, dtype="float16"):
         cache = tmp_path / f"{name}.h5"
@@ -91,8 +91,8 @@ def test_real_weights_give_useful_features(tmp_path, run_cli):
 
 
 def test_config_is_rebuilt_from_fingerprint_and_sources(tmp_path):
-    from embedder.backbones import config_from_fingerprint
-    from embedder.errors import CacheError, UsageError
+    from headstart.embedder.backbones import config_from_fingerprint
+    from headstart.embedder.errors import CacheError, UsageError
 
     random = resolve(BackboneConfig("VGG16", weights="none", image_size=48, pooling="max", seed=5)).fingerprint
     assert config_from_fingerprint(random).fingerprint == random

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders
-from embedder.batch_size import CPU_BATCH, parse_batch_size, probe_batch_size
-from embedder.errors import UsageError
+from headstart.embedder.batch_size import CPU_BATCH, parse_batch_size, probe_batch_size
+from headstart.embedder.errors import UsageError
 
 
 class FakeDevice:

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from embedder.cache import (
+from headstart.embedder.cache import (
     FORMAT_VERSION,
     CacheWriter,
     Failure,
@@ -16,7 +16,7 @@ from embedder.cache import (
     parts_dir_for,
     write_cache,
 )
-from embedder.errors import CacheError, CacheLockedError
+from headstart.embedder.errors import CacheError, CacheLockedError
 
 FP = {"architecture": "Test", "weights": "none:seed=0", "input_size": 32, "pooling": "avg"}
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders, photo_like, save_image
-from embedder.discovery import discover
-from embedder.errors import UsageError
+from headstart.embedder.discovery import discover
+from headstart.embedder.errors import UsageError
 
 
 def _by_path(listing):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, make_class_folders, photo_like, save_image
-from embedder.cache import CacheWriter, open_cache
+from headstart.embedder.cache import CacheWriter, open_cache
 
 
 def _embed(run_cli, images, model, cache, *extra):
@@ -166,7 +166,7 @@ def test_flatten_warns_about_cache_size(tmp_path, tiny_model_file, run_cli):
     root = tmp_path / "imgs"
     make_class_folders(root, per_class=1)
     big = tmp_path / "big.keras"
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     inputs = keras.Input((48, 48, 3))
@@ -193,7 +193,7 @@ def test_second_writer_is_refused(tmp_path, tiny_model_file, run_cli):
     root = tmp_path / "imgs"
     make_class_folders(root, per_class=1)
     cache = tmp_path / "c.h5"
-    from embedder.backbones import BackboneConfig, resolve
+    from headstart.embedder.backbones import BackboneConfig, resolve
 
     fingerprint = resolve(BackboneConfig(backbone=str(tiny_model_file))).fingerprint
     with CacheWriter(cache, fingerprint):
@@ -231,7 +231,7 @@ def test_missing_and_imageless_folders(tmp_path, run_cli):
 
 
 def test_weights_file_for_another_architecture(tmp_path, run_cli):
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     weights = tmp_path / "small.weights.h5"
@@ -263,7 +263,7 @@ def test_imagenet_download_failure_is_one_actionable_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "KERAS_HOME": str(tmp_path / "keras_home"), "HOME": str(tmp_path),
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
-    proc = subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "embed", "run", str(root),
+    proc = subprocess.run([sys.executable, "-c", "import sys; from headstart import cli; sys.exit(cli.main())", "embed", "run", str(root),
                            "-b", "MobileNetV2", "--alpha", "0.35", "--image-size", "96", "--cache-dir", str(tmp_path)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -274,7 +274,7 @@ def test_imagenet_download_failure_is_one_actionable_line(tmp_path):
 
 def test_help_does_not_import_tensorflow():
     code = (
-        "import sys, cli\n"
+        "import sys; from headstart import cli\n"
         "for args in (['--help'], ['embed', 'run', '--help'], ['embed', 'run', '--bogus'], ['embed', 'backbones']):\n"
         "    cli.main(args)\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
@@ -311,7 +311,7 @@ def test_backbones_list_covers_the_required_families(run_cli):
                 "ResNet50V2", "VGG16", "VGG19", "InceptionV3", "Xception", "DenseNet121", "ConvNeXtTiny",
                 "EfficientNetV2S"} | {f"EfficientNetB{i}" for i in range(8)} | {f"EfficientNetV2B{i}" for i in range(4)}
     assert required <= names
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     assert all(hasattr(keras.applications, n) for n in names)

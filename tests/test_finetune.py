@@ -20,7 +20,7 @@ from conftest import HYMENOPTERA, REPO_ROOT, WEIGHTS_035, make_class_folders, ne
 @pytest.fixture(scope="module")
 def bn_model_file(tmp_path_factory) -> Path:
     """A small user backbone with BatchNorm layers (O(1) random features), 32 px input."""
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(11)
@@ -40,7 +40,7 @@ def bn_model_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory, bn_model_file):
     """Images -> cache -> a dense head run, through the CLI, once for this module."""
-    import cli
+    from headstart import cli
 
     work = tmp_path_factory.mktemp("ft")
     images = work / "imgs"
@@ -60,7 +60,7 @@ def _finetune(run_cli, head_run, out, *extra):
 
 
 def test_warm_start_unfreezes_exactly_n_and_keeps_batchnorm_frozen(tmp_path, run_cli, head_run):
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     report = _finetune(run_cli, head_run, tmp_path / "ft", "--unfreeze", "1", "--epochs", "2", "--lr", "1e-2",
                        "--no-augment")
@@ -95,7 +95,7 @@ def _leaves(model):
 
 
 def _bn_source(head_run) -> Path:
-    from embedder.cache import open_cache
+    from headstart.embedder.cache import open_cache
 
     return Path(open_cache(head_run["cache"]).attrs["backbone_source"])
 
@@ -107,10 +107,10 @@ def test_unfreeze_is_clamped_with_a_warning(tmp_path, run_cli, head_run):
 
 
 def test_validation_images_are_never_trained_on(head_run):
-    from embedder.cache import open_cache
-    from heads.finetune import FinetuneReport, _select_examples
-    from heads.runs import load_run
-    from heads.splits import assign_splits
+    from headstart.embedder.cache import open_cache
+    from headstart.heads.finetune import FinetuneReport, _select_examples
+    from headstart.heads.runs import load_run
+    from headstart.heads.splits import assign_splits
 
     cache, run = open_cache(head_run["cache"]), load_run(head_run["run"])
     train, val = _select_examples(cache, run, cache.images_root, FinetuneReport("", ""))
@@ -123,9 +123,9 @@ def test_validation_images_are_never_trained_on(head_run):
 
 
 def test_unfreeze_counts_weight_layers_of_a_registry_backbone():
-    from embedder.backbones import BackboneConfig, build_backbone, resolve
-    from embedder.tf_runtime import import_keras
-    from heads.finetune import unfreeze_top, weight_layers
+    from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
+    from headstart.embedder.tf_runtime import import_keras
+    from headstart.heads.finetune import unfreeze_top, weight_layers
 
     keras = import_keras()
     backbone = build_backbone(resolve(BackboneConfig("ResNet50", weights="none", image_size=32)))
@@ -154,7 +154,7 @@ def test_bad_input(tmp_path, run_cli, head_run):
 
 def test_resume_after_kill_9(tmp_path, head_run):
     out = tmp_path / "ft"
-    cmd = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "finetune", "--from", str(head_run["run"]),
+    cmd = [sys.executable, "-c", "import sys; from headstart import cli; sys.exit(cli.main())", "finetune", "--from", str(head_run["run"]),
            "--out", str(out), "--epochs", "6", "--patience", "99", "--json"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = out / "checkpoint" / "state.json"

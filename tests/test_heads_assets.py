@@ -18,7 +18,7 @@ pytestmark = [needs_assets, pytest.mark.skipif(not WEIGHTS_100.is_file(), reason
 
 @pytest.fixture(scope="module")
 def hymenoptera_cache(tmp_path_factory):
-    import cli
+    from headstart import cli
 
     cache = tmp_path_factory.mktemp("hy") / "hymenoptera.h5"
     assert cli.main(["embed", "run", str(HYMENOPTERA), "-b", "MobileNetV2", "--weights", str(WEIGHTS_100),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.cache import FileRecord, write_cache
+from headstart.embedder.cache import FileRecord, write_cache
 from test_heads_helpers import FINGERPRINT, key_of, make_cache
 
 
@@ -56,7 +56,7 @@ def test_class_with_too_few_images_for_the_split(tmp_path, run_cli):
     assert not (tmp_path / "r").exists()
     # hash split: a lone image that lands in val leaves its class with nothing to train on
     tiny = make_cache(tmp_path / "t.h5", per_class=[20, 20, 1], classes=("a", "b", "c"), seed=4)
-    from heads.data import load_labelled
+    from headstart.heads.data import load_labelled
 
     data = load_labelled(tiny, val_fraction=0.9, seed=0)
     lone = data.rows()[data.labels[data.rows()] == 2]
@@ -126,22 +126,22 @@ def test_incomplete_or_damaged_run_folders(tmp_path, run_cli, good):
     (half / "model.npz").write_bytes(b"garbage")
     _fails(run_cli, "head", "eval", half, "--cache", good, match="does not match the checksum")
 
-    from heads.runs import RunError, load_run
+    from headstart.heads.runs import RunError, load_run
 
     with pytest.raises(RunError, match="incomplete"):
         load_run(tmp_path)  # a folder of runs is not a run
 
 
 def test_a_crash_while_writing_leaves_no_run(tmp_path, monkeypatch, good):
-    import heads.classic
-    from heads.params import make_params
-    from heads.train import train_head
+    import headstart.heads.classic
+    from headstart.heads.params import make_params
+    from headstart.heads.train import train_head
 
     def boom(self, folder):
         (Path(folder) / "model.npz").write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(heads.classic.ClassicFit, "save", boom)
+    monkeypatch.setattr(headstart.heads.classic.ClassicFit, "save", boom)
     with pytest.raises(RuntimeError):
         train_head(make_params("logreg"), cache=good, out=tmp_path / "r")
     assert list(tmp_path.iterdir()) == []  # neither the run nor its temporary folder
@@ -154,7 +154,7 @@ def test_help_and_usage_errors_do_not_import_heavy_libraries(tmp_path):
     from conftest import REPO_ROOT
 
     code = (
-        "import sys, cli\n"
+        "import sys; from headstart import cli\n"
         "for args in (['head', '--help'], ['head', 'train', '--help'], ['head', 'sweep', '--help'],\n"
         f"             ['head', 'list', '--runs-dir', {str(tmp_path)!r}], ['head', 'train', '--epochs', '0'],\n"
         "             ['head', 'train', '--head', 'knn', '--lr', '1']):\n"
@@ -169,8 +169,8 @@ def test_help_and_usage_errors_do_not_import_heavy_libraries(tmp_path):
 
 
 def test_best_run_without_runs_is_a_usage_error(tmp_path):
-    from embedder.errors import UsageError
-    from heads.runs import best_run, list_runs
+    from headstart.embedder.errors import UsageError
+    from headstart.heads.runs import best_run, list_runs
 
     assert list_runs(tmp_path / "none") == []
     with pytest.raises(UsageError, match="no dense head run"):

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from embedder.cache import FileRecord, write_cache
+from headstart.embedder.cache import FileRecord, write_cache
 
 FINGERPRINT = {"architecture": "TestNet", "weights": "none:seed=0", "input_size": 32, "pooling": "avg",
                "preprocessing": "none", "compute_dtype": "float32"}

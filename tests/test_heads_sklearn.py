@@ -8,12 +8,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from heads.classic import fit_classic
-from heads.evaluate import compute_metrics, misclassified_rows
-from heads.linear_svm import SquaredHingeSVC
-from heads.numpy_heads import NumpyHead
-from heads.params import make_params
-from heads.standardize import Standardizer
+from headstart.heads.classic import fit_classic
+from headstart.heads.evaluate import compute_metrics, misclassified_rows
+from headstart.heads.linear_svm import SquaredHingeSVC
+from headstart.heads.numpy_heads import NumpyHead
+from headstart.heads.params import make_params
+from headstart.heads.standardize import Standardizer
 
 
 def _blobs(classes: int, n: int = 240, dim: int = 12, seed: int = 0, overlap: float = 1.2):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.errors import UsageError
-from heads.data import load_labelled
-from heads.splits import assign_splits, split_source
+from headstart.embedder.errors import UsageError
+from headstart.heads.data import load_labelled
+from headstart.heads.splits import assign_splits, split_source
 from test_heads_helpers import key_of, make_cache
 
 
@@ -96,7 +96,7 @@ def test_rows_dedupe_files_and_conflicting_labels_are_excluded(tmp_path):
     assert record["excluded"] == {"unlabelled": 1, "label_conflicts": 1}
     assert record["source"] == "hash" and sum(record["counts"].values()) == 29
     # the split of every file agrees with the contract function applied per file
-    from embedder.cache import open_cache
+    from headstart.embedder.cache import open_cache
 
     opened = open_cache(cache)
     per_file = assign_splits(opened.keys[opened.rows], opened.labels, opened.splits, 0.2, 0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.cache import open_cache
-from heads.runs import best_run, list_runs, load_run
+from headstart.embedder.cache import open_cache
+from headstart.heads.runs import best_run, list_runs, load_run
 from test_heads_helpers import FINGERPRINT, make_cache
 
 FAST_DENSE = ("--epochs", "15", "--hidden", "32", "--lr", "1e-2")
@@ -30,7 +30,7 @@ def _train(run_cli, cache, out, *extra):
 
 
 def _val_rows(cache_path, run):
-    from heads.data import load_labelled
+    from headstart.heads.data import load_labelled
 
     split = run.meta["split"]
     data = load_labelled(cache_path, split["val_fraction"], split["seed"])
@@ -228,10 +228,10 @@ def test_a_test_split_is_evaluated_separately_and_never_trained_on(tmp_path, run
 def test_the_training_loop_matches_keras_fit():
     """The hand-written epoch loop is model.fit with class_weight, label smoothing and L2:
     full-batch steps from the same initial weights end at the same weights."""
-    from embedder.tf_runtime import import_keras
-    from heads.dense import build_dense_head, train_dense
-    from heads.params import make_params
-    from heads.train import class_weights_for
+    from headstart.embedder.tf_runtime import import_keras
+    from headstart.heads.dense import build_dense_head, train_dense
+    from headstart.heads.params import make_params
+    from headstart.heads.train import class_weights_for
 
     keras = import_keras()
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from embedder.cache import FileRecord, open_cache, write_cache
+from headstart.embedder.cache import FileRecord, open_cache, write_cache
 
 FP = {"architecture": "TestNet", "weights": "none:seed=0", "input_size": 32, "pooling": "avg"}
 
@@ -65,7 +65,7 @@ def test_similarity_join_is_exact_against_brute_force(threshold, rank):
     """The PCA-bound path (and its dense and gathered verification) returns exactly the pairs
     a full similarity matrix has above the threshold: the rank chosen by the cost model
     (0.9), or forced where candidates are dense (0.75) or sparse (0.97)."""
-    from heads.quality.similarity import similar_pairs
+    from headstart.heads.quality.similarity import similar_pairs
 
     rng = np.random.default_rng(1)
     x, _ = spectrum_features(rng, 6000, 128)
@@ -88,7 +88,7 @@ def test_similarity_join_is_exact_against_brute_force(threshold, rank):
 
 
 def test_similarity_join_exact_pass_on_small_dimension():
-    from heads.quality.similarity import similar_pairs
+    from headstart.heads.quality.similarity import similar_pairs
 
     rng = np.random.default_rng(2)
     x = unit(rng.normal(size=(9000, 8)))  # more rows than one tile in each direction
@@ -125,7 +125,7 @@ def dup_cache(tmp_path_factory):
 
 
 def test_duplicates_exact_conflict_near_and_leakage(dup_cache, tmp_path, run_cli):
-    from heads.data import load_labelled
+    from headstart.heads.data import load_labelled
 
     out = tmp_path / "d.csv"
     code, stdout, err = run_cli("inspect", "duplicates", "--cache", dup_cache["path"], "--out", out, "--json", "-q")
@@ -172,8 +172,8 @@ def test_duplicates_exact_conflict_near_and_leakage(dup_cache, tmp_path, run_cli
 
 def test_duplicates_leakage_follows_the_seed(dup_cache, tmp_path):
     """--seed/--val-fraction mirror head train: another seed is another split, another leakage."""
-    from heads.data import load_labelled
-    from heads.quality.commands import inspect_duplicates
+    from headstart.heads.data import load_labelled
+    from headstart.heads.quality.commands import inspect_duplicates
 
     for seed, fraction in ((3, 0.5), (7, 0.3)):
         report = inspect_duplicates(dup_cache["path"], seed=seed, val_fraction=fraction, out=tmp_path / "d.csv")
@@ -289,7 +289,7 @@ def test_label_errors_ranked_on_top(flipped_cache, tmp_path, run_cli):
 
 
 def test_label_errors_is_reproducible_and_seeded(flipped_cache, tmp_path):
-    from heads.quality.commands import inspect_labels
+    from headstart.heads.quality.commands import inspect_labels
 
     a = inspect_labels(flipped_cache["path"], out=tmp_path / "a.csv", seed=0)
     b = inspect_labels(flipped_cache["path"], out=tmp_path / "b.csv", seed=0)
@@ -322,7 +322,7 @@ def test_outliers_found(tmp_path, run_cli):
     assert len(top & expected) >= 5, (top, expected)
     assert float(rows[0]["score"]) > 3 * max(float(rows[20]["score"]), 1.0)
     # A capped reference set still finds them (sampled, seeded).
-    from heads.quality.commands import inspect_outliers
+    from headstart.heads.quality.commands import inspect_outliers
 
     report = inspect_outliers(tmp_path / "o.h5", k=5, max_reference=40, out=tmp_path / "o2.csv")
     assert len({r["path"] for r in read_csv(tmp_path / "o2.csv")[:6]} & expected) >= 5
@@ -355,7 +355,7 @@ def test_map_png_with_flags(flipped_cache, tmp_path, run_cli):
 def test_big_cache_runs(tmp_path):
     """60,000 rows (small D) through all three ranking commands; planted near pairs all found.
     Time and memory at 100,000 x 1,280 are measured by benchmarks/inspect_scale.py."""
-    from heads.quality.commands import inspect_duplicates, inspect_labels, inspect_outliers
+    from headstart.heads.quality.commands import inspect_duplicates, inspect_labels, inspect_outliers
 
     rng = np.random.default_rng(7)
     n, dim = 60_000, 128

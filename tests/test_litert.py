@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ASSETS, WEIGHTS_035, WEIGHTS_100, make_class_folders, needs_assets
-from embedder.cache import open_cache
+from headstart.embedder.cache import open_cache
 
 RELATIVE = 1e-4
 
@@ -62,7 +62,7 @@ def test_flatbuffer_is_converted_once_and_reused(tmp_path, run_cli, tiny_model_f
 
 
 def test_auto_falls_back_to_tensorflow_when_conversion_fails(tmp_path, run_cli, tiny_model_file, monkeypatch):
-    import embedder.litert as litert
+    import headstart.embedder.litert as litert
 
     def refuse(model):
         raise litert.ConversionError(f"{model.name} does not convert to TFLite: unsupported op (simulated)")
@@ -105,8 +105,8 @@ FAMILIES = [("MobileNet", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32), ("
 def test_every_registered_family_converts_with_parity(name, size):
     """Random weights, generated pixels: LiteRT within 1e-4 (relative) of TensorFlow.
     One member per family of the registry (members differ in width/depth, not in ops)."""
-    from embedder.backbones import BackboneConfig, build_backbone, resolve
-    from embedder.litert import LiteRTForward, check_parity, convert
+    from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
+    from headstart.embedder.litert import LiteRTForward, check_parity, convert
 
     model = build_backbone(resolve(BackboneConfig(name, weights="none", image_size=size)))
     assert check_parity(model, LiteRTForward(convert(model)), size, seed=1) <= RELATIVE
@@ -115,9 +115,9 @@ def test_every_registered_family_converts_with_parity(name, size):
 @needs_assets
 @pytest.mark.parametrize("alpha, weights", [(0.35, WEIGHTS_035), (1.0, WEIGHTS_100)])
 def test_real_weights_on_real_photos_have_parity(alpha, weights):
-    from embedder.backbones import BackboneConfig, build_backbone, resolve
-    from embedder.litert import LiteRTForward, convert
-    from embedder.pipeline import compiled_forward, image_dataset
+    from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
+    from headstart.embedder.litert import LiteRTForward, convert
+    from headstart.embedder.pipeline import compiled_forward, image_dataset
 
     model = build_backbone(resolve(BackboneConfig("MobileNetV2", weights=str(weights), alpha=alpha)))
     photos = sorted(str(p) for p in (ASSETS / "photos").glob("*.jpg"))
@@ -133,8 +133,8 @@ def test_interpreter_pool_keeps_order_and_numbers(tiny_model_file):
     several callers at once, give each image exactly the features one interpreter gives it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from embedder.litert import LiteRTForward, convert
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.litert import LiteRTForward, convert
+    from headstart.embedder.tf_runtime import import_keras
 
     flatbuffer = convert(import_keras().models.load_model(tiny_model_file))
     pixels = np.random.default_rng(0).uniform(0, 255, (7, 48, 48, 3)).astype(np.float32)
@@ -155,7 +155,7 @@ def test_interpreter_pool_keeps_order_and_numbers(tiny_model_file):
 
 @pytest.mark.parametrize("cores, layout", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (6, (4, 1)), (16, (4, 4))])
 def test_default_layout_is_one_interpreter_per_core_up_to_a_cap(cores, layout):
-    from embedder.litert import default_layout
+    from headstart.embedder.litert import default_layout
 
     assert default_layout(cores) == layout
 
@@ -166,7 +166,7 @@ def test_quiet_stderr_from_two_threads_restores_the_real_stderr():
     import os
     import threading
 
-    from embedder.tf_runtime import quiet_stderr
+    from headstart.embedder.tf_runtime import quiet_stderr
 
     before = os.fstat(2)
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()

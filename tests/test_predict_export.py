@@ -19,7 +19,7 @@ TFLITE_TOLERANCE = 1e-4  # absolute, on probabilities (float32 TFLite vs TensorF
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_file):
-    import cli
+    from headstart import cli
 
     work = tmp_path_factory.mktemp("pe")
     images = work / "imgs"
@@ -69,15 +69,15 @@ def test_bad_files_are_skipped_with_exit_1(tmp_path, run_cli, trained):
 
 
 def _pixels(paths, size):
-    from embedder.pipeline import load_image
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.pipeline import load_image
+    from headstart.embedder.tf_runtime import import_tf
 
     tf = import_tf()
     return np.stack([load_image(tf, tf.constant(str(p)), size).numpy() for p in paths])
 
 
 def test_export_keras_and_savedmodel_equal_predict(tmp_path, run_cli, trained):
-    from embedder.tf_runtime import import_keras, import_tf
+    from headstart.embedder.tf_runtime import import_keras, import_tf
 
     keras, tf = import_keras(), import_tf()
     files = sorted(trained["new"].glob("*.png"))
@@ -104,7 +104,7 @@ def _tflite_interpreter(path: Path):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        from embedder.tf_runtime import import_tf
+        from headstart.embedder.tf_runtime import import_tf
 
         Interpreter = import_tf().lite.Interpreter
     return Interpreter(model_path=str(path))
@@ -149,7 +149,7 @@ def test_finetuned_runs_predict_and_export_too(tmp_path, run_cli, trained):
     code, rows, _ = _predict(run_cli, *files, "--run", tmp_path / "ft")
     assert code == 0 and len(rows) == 5
     assert run_cli("export", tmp_path / "ft", "--format", "keras", "--out", tmp_path / "k")[0] == 0
-    from embedder.tf_runtime import import_keras
+    from headstart.embedder.tf_runtime import import_keras
 
     model = import_keras().models.load_model(tmp_path / "k" / "model.keras")
     expected = np.asarray([[t["probability"] for t in sorted(r["top_k"], key=lambda t: t["label"])] for r in rows])

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders, photo_like, save_image
-from embedder import staging
-from embedder.backbones import BackboneConfig
-from embedder.cache import latest_cache, open_cache
-from embedder.discovery import discover
-from embedder.errors import CacheError, UsageError
-from embedder.job import EmbedOptions, run_embedding
-from embedder.storage import UrlPath, is_url, location
+from headstart.embedder import staging
+from headstart.embedder.backbones import BackboneConfig
+from headstart.embedder.cache import latest_cache, open_cache
+from headstart.embedder.discovery import discover
+from headstart.embedder.errors import CacheError, UsageError
+from headstart.embedder.job import EmbedOptions, run_embedding
+from headstart.embedder.storage import UrlPath, is_url, location
 
 
 def _gfile():
-    from embedder.tf_runtime import import_tf
+    from headstart.embedder.tf_runtime import import_tf
 
     return import_tf().io.gfile
 
@@ -193,7 +193,7 @@ def test_default_cache_name_under_a_url_cache_dir(tmp_path, ram, tiny_model_file
 
 
 def test_a_killed_run_resumes_from_staging_and_uploads_nothing_before(tmp_path, ram, tiny_model_file, monkeypatch):
-    from embedder.cache import CacheWriter
+    from headstart.embedder.cache import CacheWriter
 
     _upload_tree(_images(tmp_path), f"{ram}/images")
     config = BackboneConfig(backbone=str(tiny_model_file))
@@ -241,7 +241,7 @@ def test_a_failed_upload_is_retried_by_the_rerun_without_embedding(tmp_path, ram
 
 
 def test_a_cache_changed_at_the_url_meanwhile_is_not_overwritten(tmp_path, ram, tiny_model_file, monkeypatch):
-    import embedder.job as job
+    import headstart.embedder.job as job
 
     _upload_tree(_images(tmp_path), f"{ram}/images")
     config = BackboneConfig(backbone=str(tiny_model_file))
@@ -268,9 +268,9 @@ def test_a_cache_changed_at_the_url_meanwhile_is_not_overwritten(tmp_path, ram, 
 
 
 def test_reading_merging_and_training_on_caches_at_urls(tmp_path, ram, tiny_model_file, monkeypatch):
-    from embedder.merge import merge_caches
-    from heads.params import make_params
-    from heads.train import train_head
+    from headstart.embedder.merge import merge_caches
+    from headstart.heads.params import make_params
+    from headstart.heads.train import train_head
 
     _upload_tree(_images(tmp_path), f"{ram}/images")
     config = BackboneConfig(backbone=str(tiny_model_file))
@@ -310,8 +310,8 @@ def test_reading_merging_and_training_on_caches_at_urls(tmp_path, ram, tiny_mode
     assert recorded == whole
 
     # predict on images at a URL: features from the cache at a URL, or decoded from the URL.
-    from heads.inference import PredictOptions, predict_images
-    from heads.runs import load_run
+    from headstart.heads.inference import PredictOptions, predict_images
+    from headstart.heads.runs import load_run
 
     run = load_run(tmp_path / "run")
     cached = predict_images([f"{ram}/images/cats"], run, PredictOptions(progress=False, runtime="tf",

@@ -16,13 +16,13 @@ import time
 import numpy as np
 
 from conftest import REPO_ROOT, make_class_folders
-from embedder.cache import open_cache, parts_dir_for
+from headstart.embedder.cache import open_cache, parts_dir_for
 
 BACKBONE = ["-b", "VGG16", "--weights", "none", "--image-size", "64", "--batch-size", "2"]
 
 
 def _cmd(images, cache, *extra):
-    return [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "embed", "run", str(images),
+    return [sys.executable, "-c", "import sys; from headstart import cli; sys.exit(cli.main())", "embed", "run", str(images),
             "--cache", str(cache), "--quiet", "--json", *BACKBONE, *extra]
 
 

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 
 from conftest import REPO_ROOT, make_class_folders
-from embedder.cache import open_cache
+from headstart.embedder.cache import open_cache
 
 VGG = ["-b", "VGG16", "--weights", "none", "--image-size", "32"]
 
@@ -67,11 +67,11 @@ def test_two_logical_devices_give_the_same_cache(tmp_path, tiny_model_file):
     make_class_folders(images, per_class=7, size=(48, 48))  # 14 images: the last global batch is ragged
     script = textwrap.dedent(f"""
         import json, sys
-        from embedder.tf_runtime import import_tf
+        from headstart.embedder.tf_runtime import import_tf
         tf = import_tf()
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        import cli
+        from headstart import cli
         common = ["-b", {str(tiny_model_file)!r}, "--dtype", "float32", "--batch-size", "3", "--json", "-q"]
         one = cli.main(["embed", "run", {str(images)!r}, "--cache", {str(tmp_path / 'one.h5')!r}, "--runtime", "tf",
                         *common])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders
-from embedder.cache import open_cache, parts_dir_for
+from headstart.embedder.cache import open_cache, parts_dir_for
 
 
 def _by_path(path):
@@ -24,7 +24,7 @@ def _by_path(path):
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, tiny_model_file):
-    import cli
+    from headstart import cli
 
     work = tmp_path_factory.mktemp("shards")
     images = work / "imgs"
@@ -128,7 +128,7 @@ def test_killed_shard_resumes(sharded, tmp_path):
     images = tmp_path / "imgs"
     more_images(images, per_class=40, size=(64, 64))
     cache = tmp_path / "s1.h5"
-    cmd = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "embed", "run", str(images),
+    cmd = [sys.executable, "-c", "import sys; from headstart import cli; sys.exit(cli.main())", "embed", "run", str(images),
            "--shard", "1/2", "--cache", str(cache), "-b", "VGG16", "--weights", "none", "--image-size", "64",
            "--batch-size", "2", "--runtime", "tf", "--json", "-q"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

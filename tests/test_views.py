@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, make_class_folders
-from embedder.backbones import BackboneConfig
-from embedder.cache import open_cache, parts_dir_for
-from embedder.errors import CacheError
-from embedder.job import EmbedOptions, run_embedding
+from headstart.embedder.backbones import BackboneConfig
+from headstart.embedder.cache import open_cache, parts_dir_for
+from headstart.embedder.errors import CacheError
+from headstart.embedder.job import EmbedOptions, run_embedding
 
 
 def _config(tiny_model_file):
@@ -128,7 +128,7 @@ def test_rows_whose_files_are_gone_are_reported_not_faked(images, tmp_path, tiny
 
 
 def _cmd(images, cache, *extra):
-    return [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "embed", "run", str(images),
+    return [sys.executable, "-c", "import sys; from headstart import cli; sys.exit(cli.main())", "embed", "run", str(images),
             "--cache", str(cache), "--quiet", "--json", "-b", "VGG16", "--weights", "none", "--image-size", "48",
             "--batch-size", "2", "--runtime", "tf", *extra]
 
@@ -179,7 +179,7 @@ def test_kill_9_while_embedding_views_then_resume(tmp_path):
 def _add_views(cache_path, make_view, count=2):
     """Give every row of a generated cache ``count`` views, ``make_view(row, view, clean, split)``,
     through the project's own writer."""
-    from embedder.cache import CacheWriter, FileRecord
+    from headstart.embedder.cache import CacheWriter, FileRecord
 
     cache = open_cache(cache_path)
     clean = cache.load_features()

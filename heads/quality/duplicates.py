@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 
 from .inventory import Inventory, default_report_path, progress_bar, unit_features
 from .output import write_csv

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from embedder.cache import Cache, open_cache
-from embedder.errors import CacheError, UsageError
+from headstart.embedder.cache import Cache, open_cache
+from headstart.embedder.errors import CacheError, UsageError
 
 from ..data import require_finite, row_table
 from ..splits import assign_splits, check_val_fraction, split_source

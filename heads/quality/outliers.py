@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.errors import UsageError
+from headstart.embedder.errors import UsageError
 
 from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, require_labels,
                         unit_features)

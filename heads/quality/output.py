@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from embedder.atomic import atomic_path
+from headstart.embedder.atomic import atomic_path
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> int:
@@ -39,7 +39,7 @@ def read_flagged_paths(path: str | os.PathLike, limit: int | None) -> list[str]:
     Reads the ``path`` column, or ``path_a``/``path_b`` (duplicates), of the first ``limit``
     data rows (the reports are sorted worst first); ``None`` reads them all.
     """
-    from embedder.errors import UsageError
+    from headstart.embedder.errors import UsageError
 
     path = Path(path)
     try:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from embedder.errors import UsageError
+from headstart.embedder.errors import UsageError
 
 from .inventory import Inventory, default_report_path, unit_features
 from .output import read_flagged_paths, save_png

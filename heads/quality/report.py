@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from embedder.errors import EXIT_OK
+from headstart.embedder.errors import EXIT_OK
 
 _TAIL = ("seconds", "warnings", "exit_code")
 
