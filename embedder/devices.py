@@ -14,6 +14,14 @@ from pathlib import Path
 from .errors import UsageError
 
 
+def available_cores() -> int:
+    """Every core this process may run on (its affinity mask, which a container or taskset sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def gpu_likely() -> bool:
     """An NVIDIA GPU is present and not hidden (no TensorFlow import)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

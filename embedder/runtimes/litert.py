@@ -5,30 +5,28 @@ Keras model converted to a TFLite flatbuffer and run by XNNPACK, one interpreter
 at ~250, with features equal within ~3e-5 (benchmarks/embed_throughput.py). So machines
 without a GPU run backbones forward through LiteRT by default (``--runtime auto``).
 
-A backbone is converted once per fingerprint; the flatbuffer is kept in
-``<cache dir>/litert/<fingerprint id>.tflite`` (written atomically), so later runs neither
-convert nor even build the Keras model. Every conversion is checked against TensorFlow on a
-probe batch before it is used or kept: parity is what lets the runtime stay out of the
-fingerprint (it is recorded on the cache, though).
+A network is converted once per key (fingerprint) and library versions, and kept in the
+per-user store (:mod:`embedder.runtimes.store`), verified by its SHA-256 on every load, so
+later runs neither convert nor even build (or import) the Keras model. Every conversion is
+checked against TensorFlow on a probe batch before it is used or kept: parity is what lets
+the runtime stay out of the fingerprint (it is recorded on the cache, though).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
-from .errors import BackboneError, UsageError
-from .fingerprint import fingerprint_id
+from ..devices import available_cores
+from ..errors import BackboneError, UsageError
+from .base import Forward, Network, Runtime, RuntimeOptions
+from .store import ConvertedStore
 
-RUNTIMES = ("auto", "tf", "litert")
 PARITY_TOLERANCE = 1e-4  # max |litert - tf| relative to max |tf| on the probe batch
 _PROBE_BATCH = 2
 MAX_INTERPRETERS = 4  # each holds its own packed weights (ResNet50: ~100 MB)
@@ -54,17 +52,9 @@ def interpreter_class():
         return interpreter
 
 
-def flatbuffer_path(cache_dir: Path, key: str) -> Path:
-    return Path(cache_dir) / "litert" / f"{key}.tflite"
-
-
-def fingerprint_key(fingerprint: dict) -> str:
-    return f"backbone-{fingerprint_id(fingerprint)}"
-
-
 def convert(model) -> bytes:
     """Float32 flatbuffer of a Keras model (weights frozen in, no quantisation)."""
-    from .tf_runtime import import_tf, quiet_stderr
+    from ..tf_runtime import import_tf, quiet_stderr
 
     tf = import_tf()
     try:
@@ -101,7 +91,7 @@ class _Interpreter:
     """
 
     def __init__(self, flatbuffer: bytes, threads: int):
-        from .tf_runtime import quiet_stderr
+        from ..tf_runtime import quiet_stderr
 
         with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self._interpreter = interpreter_class()(model_content=flatbuffer, num_threads=threads)
@@ -133,9 +123,7 @@ class LiteRTForward:
 
     def __init__(self, flatbuffer: bytes, threads: int | None = None, interpreters: int | None = None,
                  chunk: int = DEFAULT_CHUNK):
-        from .pipeline import default_parallelism  # the cores this process may use
-
-        default_count, default_threads = default_layout(default_parallelism())
+        default_count, default_threads = default_layout(available_cores())
         self.interpreters = interpreters or (1 if threads else default_count)
         self.threads = threads or default_threads
         self.chunk = max(1, chunk)
@@ -176,31 +164,43 @@ def check_parity(model, forward: LiteRTForward, image_size: int, seed: int = 0) 
     got = np.asarray(forward(probe), dtype=np.float64)
     if got.shape != reference.shape:
         raise ConversionError(f"LiteRT output shape {got.shape} differs from TensorFlow's {reference.shape}")
-    scale = max(float(np.abs(reference).max()), 1e-30)
-    return float(np.abs(got - reference).max()) / scale
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, which fails the check as it should
+        scale = max(float(np.abs(reference).max()), 1e-30)
+        return float(np.abs(got - reference).max()) / scale
 
 
-def load_or_convert(key: str, describe: dict, build_model: Callable[[], object], cache_dir: Path,
-                    threads: int | None = None, log: Callable[[str], None] = lambda m: None) -> LiteRTForward:
-    """The LiteRT forward pass for ``key``: from the flatbuffer kept in ``cache_dir``, or
-    converted now from ``build_model()``, checked against TensorFlow, and kept."""
-    path = flatbuffer_path(cache_dir, key)
-    if path.is_file():
-        try:
-            return LiteRTForward(path.read_bytes(), threads)
-        except Exception:
-            path.unlink(missing_ok=True)  # damaged from outside: convert again
-    model = build_model()
-    log("converting the backbone to LiteRT (once for this configuration)")
-    flatbuffer = convert(model)
-    forward = LiteRTForward(flatbuffer, threads)
-    difference = check_parity(model, forward, forward.image_size)
-    if not difference <= PARITY_TOLERANCE:
-        raise ConversionError(
-            f"LiteRT features differ from TensorFlow's by {difference:.2g} (relative; allowed {PARITY_TOLERANCE:g})")
-    with atomic_path(path, keep_suffix=True) as tmp:
-        tmp.write_bytes(flatbuffer)
-    write_text_atomic(path.with_suffix(".json"), json.dumps(
-        {"key": key, "for": describe, "parity_relative_difference": difference}, indent=2, sort_keys=True) + "\n")
-    return forward
+def store() -> ConvertedStore:
+    # A flatbuffer depends on the converter (TensorFlow) and the Keras that built the model.
+    return ConvertedStore("litert", ".tflite", ("tensorflow", "tensorflow-cpu", "keras"))
 
+
+class LiteRTRuntime(Runtime):
+    name = "litert"
+
+    def refuses(self, network: Network, options: RuntimeOptions, tf_only: list[str]) -> str | None:
+        if tf_only:
+            return f"--runtime litert cannot run {tf_only[0]}; use --runtime tf (or auto)"
+        return None
+
+    def load(self, network: Network, model: Callable[[], object], options: RuntimeOptions,
+             log: Callable[[str], None]) -> Forward:
+        """From the store (hash-verified), or converted now, checked against TensorFlow, and kept."""
+        kept = store()
+        data = kept.load(network.key, log)
+        forward = None
+        if data is not None:
+            try:
+                forward = LiteRTForward(data, options.threads)
+            except Exception:  # a verified file the interpreter refuses: a LiteRT upgrade? convert again
+                kept.remove(kept.path_for(network.key))
+        if forward is None:
+            keras_model = model()
+            log("converting the backbone to LiteRT (once per configuration on this machine)")
+            data = convert(keras_model)
+            forward = LiteRTForward(data, options.threads)
+            difference = check_parity(keras_model, forward, forward.image_size)
+            if not difference <= PARITY_TOLERANCE:
+                raise ConversionError(f"LiteRT features differ from TensorFlow's by {difference:.2g} (relative; "
+                                      f"allowed {PARITY_TOLERANCE:g})")
+            kept.save(network.key, data, {"for": network.describe, "parity_relative_difference": difference})
+        return Forward(forward, "litert", forward.image_size, forward.layout)

@@ -1,0 +1,94 @@
+"""Runtimes: what runs a network forward. One table, and the one place that chooses.
+
+Adding a runtime is one module with a :class:`~embedder.runtimes.base.Runtime` subclass
+plus one line in :data:`RUNTIMES`. ``--runtime auto`` (:func:`load_forward`) picks, and
+says why:
+
+* TensorFlow when a TensorFlow-only feature is asked for (several devices, ``--jit``,
+  mixed precision) or a GPU is visible;
+* otherwise LiteRT, when the network converts (and matches TensorFlow on a probe batch):
+  about twice TensorFlow's rate on CPUs (benchmarks/embed_throughput.py);
+* otherwise TensorFlow, naming what LiteRT refused.
+
+A runtime named explicitly insists: if it cannot run the network, that is a one-line error.
+Runtimes give the same numbers within the parity tolerance, so the choice is recorded on the
+cache but is not part of the fingerprint.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import UsageError
+from .base import Forward, Network, Runtime, RuntimeOptions
+from .litert import ConversionError, LiteRTRuntime
+from .tf import TensorFlowRuntime
+
+RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (TensorFlowRuntime(), LiteRTRuntime())}
+CHOICES = ("auto", *RUNTIMES)
+
+__all__ = ["CHOICES", "RUNTIMES", "ConversionError", "Forward", "Network", "Runtime", "RuntimeOptions",
+           "check_choice", "load_forward"]
+
+
+def check_choice(name: str) -> str:
+    if name not in CHOICES:
+        raise UsageError(f"--runtime must be one of {', '.join(CHOICES)}, got {name!r}")
+    return name
+
+
+def load_forward(name: str, network: Network, options: RuntimeOptions | None = None,
+                 log: Callable[[str], None] = lambda m: None) -> Forward:
+    """The forward pass of ``network`` on runtime ``name`` (or the one ``auto`` picks)."""
+    from ..devices import mirrored_strategy, select_devices
+
+    check_choice(name)
+    options = options or RuntimeOptions()
+    device_names = select_devices(options.devices)
+    strategy = mirrored_strategy(device_names)
+    tf_only = [why for why, on in (("several devices", strategy is not None), ("--jit", bool(options.jit)),
+                                   ("mixed precision", network.mixed_precision)) if on]
+    built: list = []
+
+    def model():
+        if not built:
+            if strategy is not None:
+                with strategy.scope():
+                    built.append(network.build())
+            else:
+                built.append(network.build())
+        return built[0]
+
+    def run_tf(reason: str) -> Forward:
+        forward = RUNTIMES["tf"].load(network, model, options, log, strategy=strategy, device_names=device_names)
+        forward.reason = "; ".join(r for r in (reason, forward.reason) if r)
+        return forward
+
+    if name == "auto":
+        from ..devices import gpu_likely
+
+        if tf_only:
+            return run_tf(f"{tf_only[0]} asked for")
+        if gpu_likely() and _tensorflow_sees_a_gpu():  # the /proc check first: no TensorFlow import on CPUs
+            return run_tf("a GPU is visible")
+        try:
+            forward = RUNTIMES["litert"].load(network, model, options, log)
+        except (ConversionError, UsageError) as exc:
+            return run_tf(f"LiteRT is not available for it ({exc})")
+        forward.reason = f"no GPU is visible; {forward.reason}"
+        return forward
+    runtime = RUNTIMES[name]
+    refusal = runtime.refuses(network, options, tf_only)
+    if refusal:
+        raise UsageError(refusal)
+    if name == "tf":
+        return run_tf("asked for")
+    forward = runtime.load(network, model, options, log)
+    forward.reason = f"asked for; {forward.reason}"
+    return forward
+
+
+def _tensorflow_sees_a_gpu() -> bool:
+    from ..tf_runtime import gpus_visible
+
+    return gpus_visible()

@@ -1,0 +1,65 @@
+"""What every runtime shares: the network it is asked to run, and the forward pass it returns.
+
+A runtime turns a :class:`Network` (a Keras network on pixels, identified by a key and built
+only if needed) into a :class:`Forward`: ``float32 [B, S, S, 3]`` pixels in [0, 255] ->
+``np.ndarray [B, ...]``. Runtimes give the same numbers within the parity tolerance they
+are checked against, so the runtime is recorded on a cache but is not part of the
+fingerprint. The registry and the choice between them live in :mod:`embedder.runtimes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+
+
+@dataclass
+class Network:
+    """What to run, without building it: a kept converted copy may make building unnecessary."""
+
+    key: str  # names its numbers: 'backbone-<fingerprint id>' or 'model-<file hash>'
+    build: Callable[[], object]  # -> the Keras model (pixels [B, S, S, 3] in [0, 255] -> outputs)
+    describe: dict = field(default_factory=dict)  # recorded beside converted copies
+    mixed_precision: bool = False
+
+
+@dataclass
+class RuntimeOptions:
+    """How to run it (nothing here changes the numbers beyond the parity tolerance)."""
+
+    jit: bool | None = None  # XLA; None: on with a GPU, off without (XLA was slower on CPUs)
+    devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
+    threads: int | None = None  # LiteRT: threads of one interpreter (None: one interpreter per core)
+
+
+@dataclass
+class Forward:
+    """A forward pass over batches of pixels, and how it was chosen."""
+
+    fn: Callable[[np.ndarray], object]
+    runtime: str
+    image_size: int
+    reason: str
+    replicas: int = 1  # devices a batch is split over (global batch = per-device batch x replicas)
+    jit: bool = False
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(images), dtype=np.float32)
+
+
+class Runtime:
+    """One way to run a network. Subclasses set ``name`` and implement the two methods."""
+
+    name: ClassVar[str] = ""
+
+    def refuses(self, network: Network, options: RuntimeOptions, tf_only: list[str]) -> str | None:
+        """Why this runtime cannot run ``network`` so (None: it can). ``tf_only`` lists the
+        TensorFlow-only features asked for (several devices, XLA, mixed precision)."""
+        return None
+
+    def load(self, network: Network, model: Callable[[], object], options: RuntimeOptions,
+             log: Callable[[str], None]) -> Forward:
+        """The forward pass; ``model()`` builds (once) the Keras network when it is needed."""
+        raise NotImplementedError
