@@ -57,11 +57,13 @@ def view_seeds(keys, views, seed: int) -> np.ndarray:
     return np.asarray([view_seed(k, v, seed) for k, v in zip(keys, views)], dtype=np.int64).reshape(-1, 2)
 
 
-def augment_image(tf, image, seed, image_size: int, spec: Augmentation = DEFAULT_AUGMENTATION):
+def augment_image(tf, image, seed, image_size: int, spec: Augmentation = DEFAULT_AUGMENTATION,
+                  antialias: bool = False):
     """One view of a decoded uint8 ``[H, W, 3]`` image -> float32 ``[S, S, 3]`` in [0, 255].
 
     The crop happens before the resize, at the image's own resolution, so zooming in does
-    not blur more than the clean path's resize does.
+    not blur more than the clean path's resize does; ``antialias`` follows the cache's pixel
+    rule (:mod:`embedder.decode`), so views are resized as the clean images are.
     """
     seed = tf.cast(seed, tf.int64)
 
@@ -73,7 +75,7 @@ def augment_image(tf, image, seed, image_size: int, spec: Augmentation = DEFAULT
         min_object_covered=0.0, aspect_ratio_range=list(spec.aspect), area_range=[spec.min_area, 1.0],
         max_attempts=20, use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, size)
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=antialias)
     if spec.flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=sub(1))
     if spec.max_rotation_deg > 0:
@@ -85,6 +87,21 @@ def augment_image(tf, image, seed, image_size: int, spec: Augmentation = DEFAULT
     if spec.contrast != (1.0, 1.0):
         image = tf.image.stateless_random_contrast(image, spec.contrast[0], spec.contrast[1], seed=sub(4))
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def compiled_augmenter(image_size: int, spec: Augmentation = DEFAULT_AUGMENTATION, antialias: bool = False):
+    """``(uint8 [H, W, 3], int64 [2]) -> float32 [S, S, 3]`` as one traced function, safe to call
+    from the engine's decoding threads (each call runs the graph; no retracing per image size)."""
+    from .tf_runtime import import_tf
+
+    tf = import_tf()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int64)])
+    def augment(image, seed):
+        return augment_image(tf, image, seed, image_size, spec, antialias)
+
+    augment.get_concrete_function()
+    return lambda image, seed: augment(image, np.asarray(seed, dtype=np.int64)).numpy()
 
 
 def _rotate(tf, image, angle, size: int):

@@ -26,7 +26,6 @@ from .errors import BackboneError, UsageError
 
 POOLINGS = ("avg", "max", "flatten")
 PREPROCESS_LAYER_PREFIX = "headstart_preprocess"
-RESIZE_METHOD = "bilinear"
 PRECISIONS = ("auto", "float32", "mixed")
 COMPUTE_DTYPES = {"float32": "float32", "mixed": "mixed_float16"}
 
@@ -113,6 +112,9 @@ class BackboneConfig:
     alpha: float | None = None
     seed: int = 0
     precision: str = "auto"  # 'auto' (mixed with a GPU, else float32) | 'float32' | 'mixed'
+    # How bytes become pixels (embedder.decode.RECIPES): 'current' | 'legacy'; 'auto' is the
+    # current rule, except that a run continuing a cache of another rule keeps that rule.
+    pixels: str = "auto"
 
 
 def resolve_precision(precision: str) -> str:
@@ -156,6 +158,15 @@ def _keras_version() -> str:
         return "unknown"
 
 
+def _pixel_fields(config: BackboneConfig) -> dict:
+    from .decode import RECIPES
+
+    recipe = RECIPES.get("current" if config.pixels == "auto" else config.pixels)
+    if recipe is None:
+        raise UsageError(f"unknown pixel rule {config.pixels!r}; use one of {', '.join(RECIPES)}")
+    return dict(recipe.fingerprint)
+
+
 def resolve(config: BackboneConfig) -> ResolvedBackbone:
     """Validate the config and compute its fingerprint, without importing TensorFlow."""
     if config.pooling not in POOLINGS:
@@ -177,8 +188,8 @@ def resolve(config: BackboneConfig) -> ResolvedBackbone:
         "pooling": config.pooling,
         "preprocessing": spec.preprocessing,
         "layer": config.layer or "",
-        "resize": RESIZE_METHOD,
         "compute_dtype": COMPUTE_DTYPES[resolve_precision(config.precision)],
+        **_pixel_fields(config),
     }
     if spec.has_alpha:
         fingerprint["alpha"] = float(config.alpha if config.alpha is not None else 1.0)
@@ -212,8 +223,8 @@ def _resolve_model_file(config: BackboneConfig) -> ResolvedBackbone:
         "pooling": config.pooling,
         "preprocessing": "model",
         "layer": config.layer or "",
-        "resize": RESIZE_METHOD,
         "compute_dtype": COMPUTE_DTYPES[resolve_precision(config.precision)],
+        **_pixel_fields(config),
     }
     return ResolvedBackbone(config, None, config.image_size, fingerprint)
 
@@ -226,6 +237,7 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
     where they were (``backbone_source``, ``weights_source``). The rebuilt config must
     resolve to the very same fingerprint, or this raises an error naming both.
     """
+    from .decode import recipe_for
     from .fingerprint import require_same
 
     architecture = fingerprint.get("architecture", "")
@@ -251,7 +263,7 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
         backbone=backbone, weights=weights, seed=seed,
         image_size=int(fingerprint.get("input_size") or 0) or None,
         pooling=fingerprint.get("pooling", "avg"), layer=fingerprint.get("layer") or None,
-        alpha=fingerprint.get("alpha"), precision=precision,
+        alpha=fingerprint.get("alpha"), precision=precision, pixels=recipe_for(fingerprint).name,
     )
     resolved = resolve(config)
     require_same(resolved.fingerprint, fingerprint, "the backbone rebuilt now", "the one recorded")
@@ -265,8 +277,8 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
 def build_backbone(resolved: ResolvedBackbone):
     """The frozen feature extractor for ``resolved``: pixels [0, 255] -> pooled features.
 
-    For a model file, this also fills in ``resolved.image_size`` (the fingerprint keeps 0:
-    the file's own size). With ``compute_dtype`` mixed_float16 the network computes in
+    For a model file, the input size is the file's own (read it from ``model.inputs``; the
+    fingerprint keeps 0). With ``compute_dtype`` mixed_float16 the network computes in
     float16 (Keras mixed precision) and still returns float32 features.
     """
     from .tf_runtime import import_keras
@@ -279,7 +291,6 @@ def build_backbone(resolved: ResolvedBackbone):
     try:
         if resolved.spec is None:
             base, size = _load_model_file(keras, resolved)
-            resolved.image_size = size
             preprocessing = "model"
         else:
             base = _build_application(keras, resolved)
@@ -376,6 +387,27 @@ def load_weights_strictly(model, path: Path, what: str) -> None:
     skipped = [str(w.message) for w in caught if "skip" in str(w.message).lower() or "mismatch" in str(w.message).lower()]
     if skipped:
         raise BackboneError(f"weights file {path} does not fit {what}: {' '.join(skipped[0].split())[:200]}")
+
+
+def network_key(fingerprint: dict) -> str:
+    """Names a backbone's network (what a converted copy is kept under): the fingerprint
+    without the pixel rule, which changes the inputs, not the network."""
+    from .decode import PIXEL_FIELDS
+    from .fingerprint import fingerprint_id
+
+    return f"backbone-{fingerprint_id({k: v for k, v in fingerprint.items() if k not in PIXEL_FIELDS})}"
+
+
+def backbone_network(resolved: ResolvedBackbone, log=lambda message: None):
+    """The backbone as a :class:`~embedder.runtimes.base.Network` for the engine (built lazily)."""
+    from .runtimes.base import Network
+
+    def build():
+        log(f"building {describe_architecture(resolved)}")
+        return build_backbone(resolved)
+
+    return Network(key=network_key(resolved.fingerprint), build=build, describe=dict(resolved.fingerprint),
+                   mixed_precision=resolved.fingerprint.get("compute_dtype") == COMPUTE_DTYPES["mixed"])
 
 
 def describe_architecture(resolved: ResolvedBackbone) -> str:

@@ -44,7 +44,9 @@ def describe(fingerprint: Fingerprint) -> str:
     if layer:
         parts.append(f"layer={layer}")
     parts.append(str(fp.pop("compute_dtype", "")))
-    for key in ("preprocessing", "resize"):
+    if "decode" not in fp:  # caches made before the pixel rule was recorded (embedder.decode.LEGACY)
+        parts.append("legacy-pixels")
+    for key in ("preprocessing", "resize", "decode", "jpeg_scaling", "orientation"):
         fp.pop(key, None)
     parts.extend(f"{k}={fp[k]}" for k in sorted(fp))
     return " ".join(p for p in parts if p)

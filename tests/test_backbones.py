@@ -34,10 +34,12 @@ def test_fingerprint_covers_everything_that_changes_numbers():
     base = resolve(BackboneConfig("MobileNetV2", weights="none", alpha=0.35)).fingerprint
     assert base == {
         "architecture": "MobileNetV2", "alpha": 0.35, "weights": "none:seed=0", "input_size": 224,
-        "pooling": "avg", "preprocessing": "tf", "layer": "", "resize": "bilinear", "compute_dtype": "float32",
+        "pooling": "avg", "preprocessing": "tf", "layer": "", "compute_dtype": "float32",
+        # how bytes become pixels (embedder.decode): part of the numbers too
+        "decode": "pillow", "jpeg_scaling": "dct", "orientation": "exif", "resize": "bilinear-antialias",
     }
     for change in ({"pooling": "max"}, {"image_size": 160}, {"seed": 1}, {"layer": "block_16_project"},
-                   {"alpha": 0.5}):
+                   {"alpha": 0.5}, {"pixels": "legacy"}):
         other = resolve(BackboneConfig(**{"backbone": "MobileNetV2", "weights": "none", "alpha": 0.35, **change}))
         assert other.fingerprint != base, change
     assert resolve(BackboneConfig("mobilenet_v2", weights="none", alpha=0.35)).fingerprint == base  # aliases
