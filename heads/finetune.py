@@ -39,7 +39,8 @@ from headstart.embedder.fingerprint import require_same
 from headstart.embedder.hashing import hash_files
 from headstart.embedder.storage import location
 
-from .full_model import FULL_MODEL_FILE, backbone_sources, compose, is_finetuned, require_keras_head, resolve_backbone
+from .full_model import (FULL_MODEL_FILE, backbone_sources, compose, is_finetuned, pixel_recipe, require_keras_head,
+                         resolve_backbone)
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -190,16 +191,24 @@ def _select_examples(cache, run, images_root: Path, report: FinetuneReport) -> t
 
 
 def _dataset(examples: _Examples, num_classes: int, size: int, batch: int, training: bool, augment: bool, seed: int,
-             drop_remainder: bool = False):
-    from headstart.embedder.pipeline import default_parallelism, load_image
+             drop_remainder: bool = False, recipe=None):
+    """Batches of (pixels, one-hot labels), the pixels made by the run's own rule (``recipe``)."""
+    from headstart.embedder.devices import available_cores
     from headstart.embedder.tf_runtime import import_keras, import_tf
 
     tf, keras = import_tf(), import_keras()
+    load = _pixel_loader(recipe, size)
+
+    def pixels(path):
+        image = tf.numpy_function(load, [path], tf.float32, stateful=False)
+        image.set_shape([size, size, 3])
+        return image
+
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(examples.paths, dtype=object), examples.labels))
     if training:
         ds = ds.shuffle(len(examples.paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda p, y: (load_image(tf, p, size), tf.one_hot(y, num_classes)),
-                num_parallel_calls=default_parallelism(), deterministic=True)
+    ds = ds.map(lambda p, y: (pixels(p), tf.one_hot(y, num_classes)),
+                num_parallel_calls=available_cores(), deterministic=True)
     ds = ds.ignore_errors().batch(batch, drop_remainder=drop_remainder)
     if training and augment:
         augmenter = augmentation(keras, seed)
@@ -217,12 +226,23 @@ def augmentation(keras, seed: int):
     ], name="augmentation")
 
 
-def _load_images(paths: list[str], size: int) -> np.ndarray:
-    from headstart.embedder.pipeline import load_image
-    from headstart.embedder.tf_runtime import import_tf
+def _pixel_loader(recipe, size: int):
+    """path (bytes or str) -> float32 [size, size, 3] by the pixel rule (embedder.decode)."""
+    from headstart.embedder.decode import CURRENT
+    from headstart.embedder.engine import read_bytes
 
-    tf = import_tf()
-    return np.stack([load_image(tf, tf.constant(p), size).numpy() for p in paths])
+    recipe = recipe or CURRENT
+
+    def load(path) -> np.ndarray:
+        name = path.decode() if isinstance(path, bytes) else str(path)
+        return recipe.load(read_bytes(name), size)
+
+    return load
+
+
+def _load_images(paths: list[str], size: int, recipe=None) -> np.ndarray:
+    load = _pixel_loader(recipe, size)
+    return np.stack([load(p) for p in paths])
 
 
 # --------------------------------------------------------------------------- warm start
@@ -233,7 +253,7 @@ def check_warm_start(backbone, model, run, cache, examples: _Examples, size: int
     n = min(count, len(examples.paths))
     if n == 0:
         return {"images": 0}
-    images = _load_images(examples.paths[:n], size)
+    images = _load_images(examples.paths[:n], size, pixel_recipe(run.meta))
     features_now = np.asarray(backbone(images, training=False))
     features_cached = cache.read_rows(examples.rows[:n])
     probs_now = np.asarray(model(images, training=False))
@@ -393,7 +413,7 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
         if state["epochs_done"] == 0 and not state.get("model_file"):
             keras.utils.set_random_seed(opts["seed"])
             backbone = build_backbone(resolved)
-            size = int(resolved.image_size)  # known once built (a model file's own size)
+            size = int(backbone.inputs[0].shape[1])  # a model file's own size is known once built
             model = compose(backbone, run.keras_head(), name="headstart_finetuned")
             report.warm_start = check_warm_start(backbone, model, run, cache, val if val.paths else train, size)
             state["warm_start"] = report.warm_start
@@ -425,11 +445,12 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     if replicas > 1 and min(len(train.paths), len(val.paths)) < batch:
         raise UsageError(f"{replicas} devices with --batch-size {opts['batch_size']} need at least {batch} "
                          f"training and validation images each; lower --batch-size or --devices")
-    val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"])
+    recipe = pixel_recipe(run.meta)
+    val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"], recipe=recipe)
     train_ds = _dataset(train, num_classes, size, batch, True, opts["augment"], opts["seed"] + state["epochs_done"],
-                        drop_remainder=replicas > 1)
-    fit_val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"], drop_remainder=True) \
-        if replicas > 1 else val_ds
+                        drop_remainder=replicas > 1, recipe=recipe)
+    fit_val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"], drop_remainder=True,
+                          recipe=recipe) if replicas > 1 else val_ds
     steps = len(train.paths) // batch if replicas > 1 else -(-len(train.paths) // batch)
 
     def bar_factory(epoch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from headstart.embedder.backbones import ResolvedBackbone, build_backbone, config_from_fingerprint
+from headstart.embedder.decode import PixelRecipe, recipe_for
 from headstart.embedder.errors import UsageError
 from headstart.embedder.storage import location
 
@@ -60,8 +61,26 @@ def compose(backbone, head, name: str = "headstart_classifier"):
     return keras.Model(pixels, probabilities, name=name)
 
 
+def pixel_recipe(meta: dict) -> PixelRecipe:
+    """How the run's images must be made into pixels: the rule its cache was embedded with."""
+    return recipe_for(meta["fingerprint"])
+
+
+def finetuned_network(run):
+    """A fine-tuned run's whole network (pixels -> probabilities) for the engine, named by its
+    file's hash so a converted copy is never reused for another model."""
+    from headstart.embedder.hashing import content_key
+    from headstart.embedder.runtimes.base import Network
+
+    model_file = Path(run.path) / run.meta.get("model_file", FULL_MODEL_FILE)
+    digest = run.meta.get("model_sha256") or content_key(model_file)
+    return Network(key=f"model-{str(digest)[:16]}", build=lambda: load_full_model(run)[0],
+                   describe={"run": str(run.path)},
+                   mixed_precision=run.fingerprint.get("compute_dtype") == "mixed_float16")
+
+
 def load_full_model(run):
-    """The run's classifier on raw pixels, and its input size."""
+    """The run's classifier on ``S x S`` pixels, and ``S``."""
     from headstart.embedder.tf_runtime import import_keras
 
     require_keras_head(run)
@@ -75,4 +94,18 @@ def load_full_model(run):
         return model, int(model.inputs[0].shape[1])
     resolved = resolve_backbone(run.meta)
     backbone = build_backbone(resolved)
-    return compose(backbone, run.keras_head()), int(resolved.image_size)
+    return compose(backbone, run.keras_head()), int(backbone.inputs[0].shape[1])
+
+
+def any_size_model(run):
+    """The run's classifier on images of any size: the run's resize rule as the first layer
+    (what `export` writes). Pass upright RGB pixels in [0, 255], fully decoded."""
+    from headstart.embedder.decode import keras_resize_layer
+    from headstart.embedder.tf_runtime import import_keras
+
+    keras = import_keras()
+    model, size = load_full_model(run)
+    pixels = keras.Input((None, None, 3), dtype="float32", name="pixels")
+    resized = keras_resize_layer(keras, pixel_recipe(run.meta), size)(pixels)
+    # training=False is recorded in the graph: a caller's model(x) must never run dropout (it did without it)
+    return keras.Model(pixels, model(resized, training=False), name="headstart_classifier_any_size"), model, size

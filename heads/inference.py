@@ -1,8 +1,11 @@
 """`headstart predict`: class probabilities for image files, from a head or fine-tuned run.
 
-Same input pipeline, progress bar and bad-file handling as the embedding job. Fast path for
+The same engine as the embedding job (:mod:`embedder.engine`): the same pixel rule (the
+run's own, from its fingerprint), runtimes, progress and bad-file handling. Fast path for
 head runs: images whose bytes are already in a cache of the run's fingerprint are not
-pushed through the backbone again; their cached features go straight to the head.
+pushed through the backbone again; their cached features go straight to the head. A cache
+named with ``--cache`` must be readable, of the run's fingerprint and free of NaN/inf in
+the rows used: anything else is an error, not a silent fallback.
 """
 
 from __future__ import annotations
@@ -15,24 +18,26 @@ from typing import Callable, Sequence
 import numpy as np
 
 from headstart.embedder.cache import open_cache
-from headstart.embedder.discovery import discover
+from headstart.embedder.discovery import discover, is_image_name
+from headstart.embedder.engine import DEFAULT_BATCH_SIZE, Engine, Source
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
-from headstart.embedder.fingerprint import same
+from headstart.embedder.fingerprint import require_same, same
 from headstart.embedder.hashing import hash_files
 from headstart.embedder.storage import location
 
-from .full_model import is_finetuned, load_full_model, resolve_backbone
+from .full_model import finetuned_network, is_finetuned, pixel_recipe, resolve_backbone
 
 
 @dataclass
 class PredictOptions:
     top_k: int = 3
-    batch_size: int = 32
-    caches: Sequence[Path] = ()  # extra caches to look features up in
+    batch_size: int = DEFAULT_BATCH_SIZE
+    caches: Sequence[Path] = ()  # caches to look features up in first (each must fit the run)
     cache_dir: Path = Path("cache")
     use_cache: bool = True
-    runtime: str = "auto"  # 'auto' | 'tf' | 'litert'
+    runtime: str = "auto"  # 'auto' or a name in embedder.runtimes.RUNTIMES
     devices: str | list[int] | None = None  # several devices: MirroredStrategy (batch_size is per device)
+    workers: int | None = None  # decoding threads
     progress: bool = True
 
 
@@ -43,6 +48,7 @@ class PredictReport:
     skipped: list[dict] = field(default_factory=list)
     from_cache: int = 0
     through_backbone: int = 0
+    ignored: dict = field(default_factory=dict)  # extension -> files passed over (not images by name)
     runtime: str = ""
     elapsed_s: float = 0.0
     backbone_s: float = 0.0
@@ -61,35 +67,70 @@ class PredictReport:
         return data
 
 
-def list_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
-    """(name to report, file) for every image among ``inputs`` (files and folders)."""
+def list_inputs(inputs: Sequence[str | Path], ignored: dict | None = None) -> list[tuple[str, Path]]:
+    """(name to report, file) for every image among ``inputs`` (files and folders); files in
+    folders that are not images by their extension are counted into ``ignored``."""
+    from collections import Counter
+
     found: list[tuple[str, Path]] = []
+    passed_over: Counter = Counter()
     for item in inputs:
         path = location(item).expanduser()
         if path.is_dir():
-            listing = discover(path)
-            found.extend((str(location(item) / f.path), listing.root / f.path) for f in listing.files)
+            try:
+                listing = discover(path)
+            except UsageError:
+                listing = None  # a folder without images: counted below, an error only if nothing is left
+                passed_over.update(_other_files(path))
+            if listing is not None:
+                found.extend((str(location(item) / f.path), listing.root / f.path) for f in listing.files)
+                passed_over.update(listing.ignored)
         elif path.is_file():
             found.append((str(item), path))
         else:
             raise UsageError(f"no such file or folder: {item}")
+    if ignored is not None:
+        ignored.update(passed_over)
     if not found:
-        raise UsageError("no images to predict")
+        kinds = ", ".join(f"{ext or '(none)'} x{n}" for ext, n in passed_over.most_common(5))
+        raise UsageError("no images to predict" + (f" (passed over {sum(passed_over.values())} files that are "
+                                                    f"not images by their extension: {kinds})" if kinds else ""))
     return found
 
 
-def _cached_features(keys: list[str], fingerprint: dict, candidates: list[Path]) -> dict[str, np.ndarray]:
-    """Features for as many ``keys`` as caches of the same fingerprint hold."""
+def _other_files(folder: Path):
+    import os
+
+    for _, _, names in os.walk(folder):
+        for name in names:
+            if not name.startswith(".") and not is_image_name(name):
+                yield Path(name).suffix.lower()
+
+
+def _cached_features(keys: list[str], fingerprint: dict, candidates: list[tuple[Path, bool]],
+                     run_path: str) -> dict[str, np.ndarray]:
+    """Features for as many ``keys`` as caches of the same fingerprint hold.
+
+    ``candidates`` are (cache, named by the user). A cache the user named must open, carry the
+    run's fingerprint and hold finite rows, or this raises; the others (the run's own cache,
+    the cache folder) are simply skipped when they do not fit. Rows with NaN/inf are refused
+    whichever cache they come from: a NaN probability printed with exit 0 is a silent wrong
+    answer.
+    """
     wanted = set(keys)
     found: dict[str, np.ndarray] = {}
-    for path in candidates:
+    for path, named in candidates:
         if not wanted - set(found):
             break
         try:
             cache = open_cache(path)
-        except CacheError:
+        except CacheError as exc:
+            if named:
+                raise CacheError(f"--cache {path}: {exc}") from None
             continue
         if not same(cache.fingerprint, fingerprint):
+            if named:
+                require_same(cache.fingerprint, fingerprint, f"--cache {path}", f"run {run_path}")
             continue
         row_of = {str(k): i for i, k in enumerate(cache.keys)}
         hits = [k for k in wanted - set(found) if k in row_of]
@@ -97,21 +138,35 @@ def _cached_features(keys: list[str], fingerprint: dict, candidates: list[Path])
             continue
         rows = np.asarray([row_of[k] for k in hits])
         block = cache.read_rows(rows)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            raise CacheError(f"cache {path} has {int(bad.sum())} of the rows these images need with NaN or infinite "
+                             f"features; rerun `headstart embed run` with the same options to embed them again, or "
+                             f"pass --no-cache")
         found.update(zip(hits, block))
     return found
 
 
-def _candidate_caches(meta: dict, options: PredictOptions) -> list[Path]:
-    paths = [location(p) for p in options.caches]
+def _candidate_caches(meta: dict, options: PredictOptions) -> list[tuple[Path, bool]]:
+    """(cache, named by the user), the named ones first, each once."""
+    named = []
+    for p in options.caches:
+        path = location(p)
+        if not path.is_file():
+            raise UsageError(f"--cache {p}: no such cache file")
+        named.append((path, True))
+    others = []
     recorded = (meta.get("cache") or {}).get("path")
     if recorded:
-        paths.append(location(recorded))
+        others.append(location(recorded))
     if Path(options.cache_dir).is_dir():
-        paths.extend(sorted(Path(options.cache_dir).glob("*.h5")))
-    unique: list[Path] = []
-    for p in paths:
-        if p.is_file() and p.resolve() not in {u.resolve() for u in unique}:
-            unique.append(p)
+        others.extend(sorted(Path(options.cache_dir).glob("*.h5")))
+    unique: list[tuple[Path, bool]] = []
+    seen: set = set()
+    for path, flag in named + [(p, False) for p in others]:
+        if path.is_file() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, flag))
     return unique
 
 
@@ -139,7 +194,7 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
         raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
     started = time.perf_counter()
     report = PredictReport(run=str(run.path))
-    files = list_inputs(inputs)
+    files = list_inputs(inputs, report.ignored)
     keys = hash_files([p for _, p in files])
     classes = list(run.classes)
 
@@ -151,9 +206,13 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
             usable.append(i)
 
     finetuned = is_finetuned(run.meta)
+    if options.caches and (finetuned or not options.use_cache):
+        why = "a fine-tuned run takes images, not cached features" if finetuned else "--no-cache was given"
+        raise UsageError(f"--cache cannot be used here: {why}")
     cached: dict[str, np.ndarray] = {}
     if options.use_cache and not finetuned:
-        cached = _cached_features([keys[i] for i in usable], run.fingerprint, _candidate_caches(run.meta, options))
+        cached = _cached_features([keys[i] for i in usable], run.fingerprint, _candidate_caches(run.meta, options),
+                                  str(run.path))
     probabilities: dict[int, np.ndarray] = {}
     from_cache = [i for i in usable if keys[i] in cached]
     if from_cache:
@@ -164,21 +223,20 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
 
     todo = [i for i in usable if i not in probabilities]
     if todo:
-        from headstart.embedder.pipeline import embed_batches
-
         backbone_started = time.perf_counter()
-        forward, to_probabilities = _forward_for(run, finetuned, options, log)
-        report.runtime = forward.runtime
-        paths = [str(files[i][1]) for i in todo]
+        engine, to_probabilities = _engine_for(run, finetuned, options, log)
+        sources = [Source(str(files[i][1]), key=keys[i]) for i in todo]
         with tqdm(total=len(todo), desc="predicting", unit="img", disable=not options.progress,
                   dynamic_ncols=True, mininterval=0.5) as bar:
-            for batch in embed_batches(forward, paths, forward.image_size, options.batch_size * forward.replicas):
-                out = batch.features if to_probabilities is None else to_probabilities(batch.features)
-                for j, p in zip(batch.indices, out):
-                    probabilities[todo[j]] = p
+            for batch in engine.embed(sources):
+                if len(batch.indices):
+                    out = batch.features if to_probabilities is None else to_probabilities(batch.features)
+                    for j, p in zip(batch.indices, out):
+                        probabilities[todo[j]] = p
                 for j, reason in batch.failed:
                     report.skipped.append({"path": files[todo[j]][0], "reason": reason})
                 bar.update(len(batch.indices) + len(batch.failed))
+        report.runtime = engine.info.runtime
         report.through_backbone = sum(1 for i in todo if i in probabilities)
         report.backbone_s = time.perf_counter() - backbone_started
 
@@ -190,26 +248,37 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
     return report
 
 
-def _forward_for(run, finetuned: bool, options: PredictOptions, log):
+def predict_arrays(images: Sequence[np.ndarray], run, options: PredictOptions | None = None,
+                   log: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Predictions for decoded images (upright RGB ``[H, W, 3]``, any size, as a notebook holds
+    them): the run's resize, backbone and head, as for files. Rows are named by index."""
+    options = options or PredictOptions(progress=False)
+    engine, to_probabilities = _engine_for(run, is_finetuned(run.meta), options, log)
+    sources = [Source(f"array {i}", pixels=image) for i, image in enumerate(images)]
+    probabilities: dict[int, np.ndarray] = {}
+    for batch in engine.embed(sources):
+        if batch.failed:
+            raise UsageError(f"image {batch.failed[0][0]}: {batch.failed[0][1]}")
+        if len(batch.indices):
+            out = batch.features if to_probabilities is None else to_probabilities(batch.features)
+            probabilities.update(zip(batch.indices.tolist(), out))
+    matrix = np.stack([probabilities[i] for i in range(len(images))]) if images else np.zeros((0, len(run.classes)))
+    return top_k_rows([str(i) for i in range(len(images))], matrix, list(run.classes), options.top_k)
+
+
+def _engine_for(run, finetuned: bool, options: PredictOptions, log) -> tuple[Engine, Callable | None]:
     """Fine-tuned runs: the whole network on pixels gives probabilities. Head runs: the
     backbone gives features, then the head (Keras or numpy) gives probabilities."""
-    from headstart.embedder.backbones import build_backbone
-    from headstart.embedder.hashing import content_key
-    from headstart.embedder.litert import fingerprint_key
-    from headstart.embedder.runtime import make_forward
+    from headstart.embedder.backbones import backbone_network
+    from headstart.embedder.runtimes import RuntimeOptions
 
     if finetuned:
-        model_file = Path(run.path) / run.meta.get("model_file", "model.keras")
-        key = f"model-{content_key(model_file)[:16]}"
-        forward = make_forward(options.runtime, key, lambda: load_full_model(run)[0], Path(options.cache_dir),
-                               describe={"run": str(run.path)}, log=log, devices=options.devices,
-                               mixed_precision=run.fingerprint.get("compute_dtype") == "mixed_float16")
-        return forward, None
-    resolved = resolve_backbone(run.meta)
-    forward = make_forward(options.runtime, fingerprint_key(run.fingerprint), lambda: build_backbone(resolved),
-                           Path(options.cache_dir), describe=run.fingerprint, log=log, devices=options.devices,
-                           mixed_precision=run.fingerprint.get("compute_dtype") == "mixed_float16")
-    return forward, run.predict_proba
+        network, to_probabilities = finetuned_network(run), None
+    else:
+        network, to_probabilities = backbone_network(resolve_backbone(run.meta), log), run.predict_proba
+    engine = Engine(network, pixel_recipe(run.meta), runtime=options.runtime, batch_size=options.batch_size,
+                    workers=options.workers, options=RuntimeOptions(devices=options.devices), log=log)
+    return engine, to_probabilities
 
 
 def write_predictions(report: PredictReport, out: Path | None, fmt: str) -> str | None:
