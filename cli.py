@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import typer
 
-from headstart.embedder.errors import EXIT_OK, HeadstartError
+from headstart.embedder.errors import EXIT_OK, EXIT_USAGE, HeadstartError
 
 app = typer.Typer(
     name="headstart",
@@ -75,7 +75,9 @@ def embed_run(
     dtype: str = typer.Option("float16", help="Storage dtype of the features: float16 or float32."),
     manifest: Optional[str] = typer.Option(None, help="CSV of path,label[,split] (paths relative to IMAGES)."),
     seed: int = typer.Option(0, help="Seed for --weights none."),
-    workers: Optional[int] = typer.Option(None, help="Parallel decode calls; default: the number of cores."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
+    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Images with more pixels (read from the "
+                                                                   "header) are skipped as too large, not decoded."),
     runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
                                              "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
@@ -105,7 +107,7 @@ def embed_run(
     from headstart.embedder.batch_size import parse_batch_size
 
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=parse_batch_size(batch_size, 32),
-                           manifest=manifest, parallelism=workers, runtime=runtime,
+                           manifest=manifest, parallelism=workers, runtime=runtime, pixel_limit=max_pixels,
                            shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
                            views=views, views_seed=views_seed, progress=not quiet and not as_json)
     log = (lambda m: None) if (quiet or as_json) else _err
@@ -713,6 +715,7 @@ def predict(
     no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
     runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1, as for `embed run`."),
+    workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -726,7 +729,7 @@ def predict(
     from headstart.embedder.devices import parse_devices
 
     options = PredictOptions(top_k=top_k, batch_size=batch_size, caches=cache, use_cache=not no_cache,
-                             runtime=runtime, devices=parse_devices(devices), progress=not quiet)
+                             runtime=runtime, devices=parse_devices(devices), workers=workers, progress=not quiet)
     report = predict_images(inputs, chosen, options, log=(lambda m: None) if quiet else _err)
     text = write_predictions(report, out, fmt)
     if text is not None:
@@ -780,6 +783,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted(args)
+    except OSError as exc:  # disk full, a read-only folder, --out under a file: bad input, not a bug
+        if "--debug" in args:
+            raise
+        _err(f"headstart: error: {_os_error_line(exc)}")
+        return EXIT_USAGE
     except Exception as exc:  # click's usage errors (Typer vendors click), and genuine bugs
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
@@ -819,6 +827,21 @@ class _CtrlC:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``cannot write <path>: No space left on device (errno 28)``: the path and the OS's reason."""
+    import errno as _errno
+
+    reason = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    hint = {_errno.ENOSPC: "free some space or write elsewhere", _errno.EROFS: "write to another folder",
+            _errno.EACCES: "check the permissions or write elsewhere", _errno.ENOTDIR: "a part of the path is a file",
+            _errno.EDQUOT: "free some space or write elsewhere"}.get(exc.errno)
+    text = f"{where}: {reason}" if where else reason
+    return text + (f" ({hint})" if hint else "")
 
 
 def _interrupted(args: List[str]) -> int:

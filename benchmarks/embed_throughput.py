@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -62,20 +63,22 @@ def _time_batches(forward, batches: list, images: int) -> tuple[int, float]:
 
 def child_model(backbone: str, weights: str, runtime: str, batch: int, images: int, folder: str, work: str) -> dict:
     """The network alone, on real images decoded and resized before the clock starts."""
-    from headstart.embedder.backbones import build_backbone, resolve
-    from headstart.embedder.litert import fingerprint_key
-    from headstart.embedder.pipeline import image_dataset
-    from headstart.embedder.runtime import make_forward
+    import numpy as np
+
+    from headstart.embedder.backbones import backbone_network, resolve
+    from headstart.embedder.decode import recipe_for
+    from headstart.embedder.engine import Engine
     from headstart.embedder.tf_runtime import tune_malloc
 
     tune_malloc()
     resolved = resolve(_config(backbone, weights))
+    recipe = recipe_for(resolved.fingerprint)
     setup_started = time.perf_counter()
-    forward = make_forward(runtime, fingerprint_key(resolved.fingerprint), lambda: build_backbone(resolved),
-                           Path(work))
-    setup = time.perf_counter() - setup_started  # tf: build + trace; litert: build + convert + parity check
-    paths = sorted(str(p) for p in Path(folder).rglob("*.jpg"))[: 4 * batch]
-    decoded = [pixels for _, pixels in image_dataset(paths, 224, batch)]
+    forward = Engine(backbone_network(resolved), recipe, runtime=runtime, batch_size=batch).start()
+    setup = time.perf_counter() - setup_started  # tf: build + trace; litert: load (or convert + check) + warm-up
+    paths = sorted(Path(folder).rglob("*.jpg"))[: 4 * batch]
+    decoded = [np.stack([recipe.load(p.read_bytes(), 224) for p in paths[i:i + batch]])
+               for i in range(0, len(paths), batch)]
     forward(decoded[0])  # warm-up
     done, elapsed = _time_batches(forward, decoded, images)
     return {"images": done, "seconds": elapsed, "rate": done / elapsed, "runtime": forward.runtime,
@@ -94,17 +97,20 @@ def child_model_tf_concurrent(backbone: str, weights: str, batch: int, images: i
     import numpy as np
 
     from headstart.embedder.backbones import build_backbone, resolve
-    from headstart.embedder.pipeline import compiled_forward, default_parallelism, image_dataset
+    from headstart.embedder.decode import CURRENT
+    from headstart.embedder.devices import available_cores
+    from headstart.embedder.runtimes.tf import compiled_forward
     from headstart.embedder.tf_runtime import import_tf, tune_malloc
 
     tune_malloc()
     tf = import_tf()
-    cores = default_parallelism()
+    cores = available_cores()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     forward = compiled_forward(build_backbone(resolve(_config(backbone, weights))), 224)
-    paths = sorted(str(p) for p in Path(folder).rglob("*.jpg"))[: 4 * batch]
-    decoded = [pixels.numpy() for _, pixels in image_dataset(paths, 224, batch)]
+    paths = sorted(Path(folder).rglob("*.jpg"))[: 4 * batch]
+    decoded = [np.stack([CURRENT.load(p.read_bytes(), 224) for p in paths[i:i + batch]])
+               for i in range(0, len(paths), batch)]
     workers = ThreadPoolExecutor(cores)
 
     def run(x):
@@ -119,11 +125,17 @@ def child_model_tf_concurrent(backbone: str, weights: str, batch: int, images: i
 
 
 def child_embed(backbone: str, weights: str, runtime: str, batch: int, folder: str, cache: str, dtype: str,
-                precision: str = "float32", devices: str = "", logical_cpus: int = 0) -> dict:
+                precision: str = "float32", devices: str = "", logical_cpus: int = 0, verify: str = "on") -> dict:
+    """`embed run` end to end. ``verify off`` skips the engine's integrity check (hashing the
+    bytes it decodes against their key), to measure what that check costs."""
     from headstart.embedder.devices import parse_devices
     from headstart.embedder.job import EmbedOptions, run_embedding
     from headstart.embedder.tf_runtime import import_tf
 
+    if verify == "off":
+        import headstart.embedder.engine as engine
+
+        engine.verified_key = lambda data, expected: expected
     import_started = time.perf_counter()
     tf = import_tf()  # a fixed cost of any TensorFlow approach; (c) pays it outside its clock too
     if logical_cpus > 1:  # split this CPU into logical devices, as the tests do
@@ -239,6 +251,7 @@ def runtimes_part(out: dict, work: Path, weights_mobilenet: str, batches: dict[s
             bs = str(batches[runtime])
             lite_dir = work / f"litert-{runtime}"
             shutil.rmtree(lite_dir, ignore_errors=True)  # each runtime converts (or not) from scratch
+            os.environ["HEADSTART_HOME"] = str(lite_dir)  # its own empty store of converted backbones
             model = run_child(SCRIPT, "model", backbone, weights, runtime, bs, str(n), str(folder), str(lite_dir))
             cache = _fresh(lite_dir / f"cache-{backbone}.h5")
             embed = run_child(SCRIPT, "embed", backbone, weights, runtime, bs, str(folder), str(cache), dtype)
@@ -276,6 +289,24 @@ def runtimes_part(out: dict, work: Path, weights_mobilenet: str, batches: dict[s
     }
 
 
+def integrity_part(out: dict, work: Path, weights: str, dtype: str, images: int, rounds: int) -> None:
+    """What the engine's integrity check (hash the bytes it decodes, compare with their key)
+    costs `embed run`: MobileNetV2 on LiteRT, with and without it, interleaved (noisy machine)."""
+    folder = photo_like_jpegs(work / f"images-{images}", images)
+    os.environ["HEADSTART_HOME"] = str(work / "home-integrity")
+    runs: dict[str, list] = {"on": [], "off": []}
+    for _ in range(rounds):
+        for verify in ("on", "off"):
+            cache = _fresh(work / f"cache-integrity-{verify}.h5")
+            result = run_child(SCRIPT, "embed", "MobileNetV2", weights, "litert", "32", str(folder), str(cache), dtype,
+                               "float32", "", "0", verify)
+            runs[verify].append(result["steady_rate"])
+    on, off = sum(runs["on"]) / rounds, sum(runs["off"]) / rounds
+    out["integrity"] = {"images": images, "steady_rate_checked": runs["on"], "steady_rate_unchecked": runs["off"],
+                        "mean_checked": on, "mean_unchecked": off, "cost": 1 - on / off,
+                        "target_cost<=0.02": 1 - on / off <= 0.02}
+
+
 def devices_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images: int, devices: str,
                  precisions: list[str]) -> None:
     """With a GPU: mixed precision against float32 per backbone (on --devices). Without
@@ -304,7 +335,9 @@ def devices_part(out: dict, work: Path, weights_mobilenet: str, bs: str, images:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "pipeline", "runtimes", "devices"), default="all")
+    parser.add_argument("--part", choices=("all", "pipeline", "runtimes", "devices", "integrity"), default="all")
+    parser.add_argument("--integrity-images", type=int, default=1000, help="images for --part integrity")
+    parser.add_argument("--integrity-rounds", type=int, default=3, help="interleaved runs each, for --part integrity")
     parser.add_argument("--devices", default="all", help="for --part devices on a GPU machine: all, or 0,1,...")
     parser.add_argument("--precision", default="mixed,float32", help="for --part devices on a GPU machine")
     parser.add_argument("--device-images", type=int, default=500, help="images for --part devices")
@@ -338,6 +371,8 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         naive_sizes = [int(s) for s in (args.naive_sizes or str(sizes[0])).split(",")]
         pipeline_part(out, work, weights, dtype, bs, sizes, naive_sizes)
+    if args.part in ("all", "integrity"):
+        integrity_part(out, work, weights, dtype, args.integrity_images, args.integrity_rounds)
     if args.part in ("all", "devices"):
         devices_part(out, work, weights, bs, args.device_images, args.devices, args.precision.split(","))
     if args.part in ("all", "runtimes"):

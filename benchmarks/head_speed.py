@@ -110,8 +110,11 @@ def child_backbone(folder: str, weights: str, batch: int, train_rows: int) -> di
     """Train the default dense head through the frozen backbone, decoding JPEGs each step."""
     import numpy as np
 
+    from concurrent.futures import ThreadPoolExecutor
+
     from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
-    from headstart.embedder.pipeline import image_dataset
+    from headstart.embedder.decode import CURRENT
+    from headstart.embedder.devices import available_cores
     from headstart.embedder.tf_runtime import import_keras, import_tf, tune_malloc
     from headstart.heads.dense import build_dense_head
 
@@ -135,7 +138,15 @@ def child_backbone(folder: str, weights: str, batch: int, train_rows: int) -> di
         optimizer.apply_gradients(zip(grads, head.trainable_variables))
         return loss
 
-    batches = iter(image_dataset(paths, 224, batch))
+    pool = ThreadPoolExecutor(available_cores())
+
+    def image_batches():  # decoded by the embedding's own pixel rule, on every core
+        for i in range(0, len(paths), batch):
+            chunk = paths[i:i + batch]
+            yield (np.arange(i, i + len(chunk)),
+                   np.stack(list(pool.map(lambda p: CURRENT.load(Path(p).read_bytes(), 224), chunk))))
+
+    batches = image_batches()
     indices, images = next(batches)
     step(images, indices).numpy()  # warm-up: tracing and first allocations, not timed
     done, start = 0, time.perf_counter()

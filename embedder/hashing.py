@@ -54,3 +54,8 @@ def hash_files(
             if on_done is not None:
                 on_done(1)
     return results
+
+
+def key_of_bytes(data: bytes) -> str:
+    """The content key of bytes already in memory (the engine hashes what it decodes)."""
+    return hashlib.sha256(data).hexdigest()

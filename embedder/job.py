@@ -8,6 +8,7 @@ job loses at most the batch in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import Counter, defaultdict
@@ -17,17 +18,19 @@ from typing import Callable
 
 import numpy as np
 
-from .backbones import BackboneConfig, ResolvedBackbone, build_backbone, describe_architecture, resolve
-from .cache import STORAGE_DTYPES, CacheWriter, Failure, FileRecord
+from .backbones import BackboneConfig, ResolvedBackbone, backbone_network, build_backbone, resolve
+from .cache import STORAGE_DTYPES, CacheWriter, Failure, FileRecord, open_cache
+from .decode import DEFAULT_PIXEL_LIMIT, only_pixels_differ, recipe_for
 from .discovery import UNLABELED, Listing, discover
-from .errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from .engine import CHANGED, DEFAULT_BATCH_SIZE, Engine, Source
+from .errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
 from .fingerprint import describe, fingerprint_id
 from .hashing import hash_files
+from .runtimes import RuntimeOptions
 from .sanity import check_features
 from .staging import staged_cache
 from .storage import location
 
-DEFAULT_BATCH_SIZE = 32
 DEFAULT_CACHE_DIR = Path("cache")
 FLATTEN_WARN_DIM = 8192
 MAX_VIEWS = 64
@@ -42,8 +45,9 @@ class EmbedOptions:
     dtype: str = "float16"
     batch_size: int | None = DEFAULT_BATCH_SIZE  # per device; None: 'auto' (probed on a GPU)
     manifest: Path | None = None
-    parallelism: int | None = None  # decode threads; default: the core count
-    runtime: str = "auto"  # 'auto' | 'tf' | 'litert' (see embedder.runtime)
+    parallelism: int | None = None  # decode threads (--workers); default: the core count
+    runtime: str = "auto"  # 'auto' or a name in embedder.runtimes.RUNTIMES
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT  # larger images are recorded failures ("too large")
     shard: tuple[int, int] | None = None  # (index, count): embed only this shard's keys
     jit: bool | None = None  # XLA; None: on with a GPU, off without
     devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
@@ -79,6 +83,9 @@ class EmbedReport:
     rate: float = 0.0  # images/s of the embedding loop
     steady_rate: float = 0.0  # images/s after the first batch (which pays one-off kernel set-up)
     batch_size: int = 0  # per device, as used (after --batch-size auto)
+    workers: int = 0  # decoding threads
+    pixels: str = ""  # the pixel rule (embedder.decode): 'current' or 'legacy'
+    listing_warnings: list[str] = field(default_factory=list)
     batch_probe: dict = field(default_factory=dict)  # --batch-size auto on a GPU: batch -> images/s
     views: int = 0  # augmented views per image the cache holds
     views_seed: int | None = None
@@ -158,24 +165,29 @@ def run_embedding(
         raise UsageError(f"--dtype must be float16 or float32, got {options.dtype!r}")
     if options.batch_size is not None and options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.parallelism is not None and options.parallelism < 1:
+        raise UsageError(f"--workers must be at least 1 (decoding threads), got {options.parallelism}")
     if options.views is not None and not 0 <= options.views <= MAX_VIEWS:
         raise UsageError(f"--views must be between 0 and {MAX_VIEWS}, got {options.views}")
     if options.views_seed is not None and options.views_seed < 0:
         raise UsageError(f"--views-seed must be a non-negative integer, got {options.views_seed}")
     started = time.perf_counter()
-    resolved = resolve(config)
+    resolved = _resolve_for_cache(config, options, log)
     listing = discover(images, options.manifest)
     shard = check_shard(options.shard)
     cache_path = location(options.cache) if options.cache else default_cache_path(
         listing.root, resolved, options.dtype, location(options.cache_dir), shard)
     report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
-                         ignored_files=listing.ignored_count)
+                         ignored_files=listing.ignored_count, pixels=recipe_for(resolved.fingerprint).name,
+                         listing_warnings=list(getattr(listing, "warnings", [])))
+    for warning in report.listing_warnings:
+        log(f"warning: {warning}")
     extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
                    "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None}
 
     # A cache at a URL is written in a local staging folder and uploaded once finished.
     with staged_cache(cache_path, log) as local_cache, \
-            CacheWriter(local_cache, resolved.fingerprint, options.dtype, extra_attrs) as writer:
+            _open_writer(local_cache, resolved, options, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
         keys = _hash_listing(listing, options.progress)
         failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing
@@ -183,7 +195,6 @@ def run_embedding(
         records: list[FileRecord] = []
         label_index = listing.label_index()
         todo: dict[str, str] = {}  # key -> a path to decode it from
-        seen_keys: set[str] = set()
         for image, key in zip(listing.files, keys):
             if isinstance(key, OSError):
                 if in_shard(path_shard_key(image.path), shard):
@@ -191,9 +202,6 @@ def run_embedding(
                 continue
             if not in_shard(key, shard):
                 continue
-            if key in seen_keys:
-                report.duplicates += 1
-            seen_keys.add(key)
             known = key in writer.known_keys or key in writer.known_failures
             if known:
                 report.reused += 1
@@ -202,9 +210,10 @@ def run_embedding(
             label = label_index[image.label] if image.label is not None else UNLABELED
             records.append(FileRecord(image.path, key, label, image.split))
 
-        engine = _Engine(resolved, options, report, log)
+        engine = _JobEngine(resolved, options, report, log)
+        transient: dict[str, str] = {}  # key -> why its file could not be used this time (not kept as known)
         if todo:
-            report.embedded = _embed_new(writer, engine, listing.root, todo)
+            report.embedded = _embed_new(writer, engine, listing.root, todo, transient)
             report.rate = report.embedded / report.embed_s if report.embed_s > 0 else 0.0
 
         failed_keys = writer.known_failures
@@ -212,10 +221,13 @@ def run_embedding(
         for record in records:
             if record.key in failed_keys:
                 failures.append(Failure(record.path, failed_keys[record.key], record.key))
+            elif record.key in transient and record.key not in writer.known_keys:
+                failures.append(Failure(record.path, transient[record.key]))  # no key: the next run tries again
             else:
                 kept.append(record)
         _embed_views(writer, engine, listing.root, kept)
         report.label_conflicts = _label_conflicts(kept, listing.classes)
+        report.duplicates = len(kept) - len({r.key for r in kept})  # as `embed info` counts them
         for name, value in (("runtime", report.runtime), ("jit", report.jit if report.runtime else None),
                             ("devices", report.devices or None)):
             # how the rows were computed; kept from the last run that embedded any
@@ -233,6 +245,44 @@ def run_embedding(
     return report
 
 
+def _resolve_for_cache(config: BackboneConfig, options: EmbedOptions, log: Callable[[str], None]) -> ResolvedBackbone:
+    """The config's fingerprint; continuing an existing cache (``--cache``) made with an older
+    pixel rule uses that cache's rule, and says so, rather than refusing or mixing rows."""
+    resolved = resolve(config)
+    if config.pixels != "auto" or not options.cache:
+        return resolved
+    target = location(options.cache)
+    try:
+        if not target.is_file():
+            return resolved
+        existing = open_cache(target).fingerprint
+    except (CacheError, OSError):
+        return resolved  # the writer reports what is wrong with it
+    if only_pixels_differ(existing, resolved.fingerprint):
+        recipe = recipe_for(existing)
+        log(f"continuing {target} with the pixel rule it was made with ({recipe.name}); "
+            f"embed into a new --cache to use the current one")
+        from dataclasses import replace
+
+        return resolve(replace(config, pixels=recipe.name))
+    return resolved
+
+
+@contextlib.contextmanager
+def _open_writer(path, resolved: ResolvedBackbone, options: EmbedOptions, extra_attrs: dict):
+    """The cache writer; a fingerprint mismatch caused by an unknown ``--layer`` names the layer."""
+    try:
+        writer = CacheWriter(path, resolved.fingerprint, options.dtype, extra_attrs).__enter__()
+    except CacheError as exc:
+        if resolved.config.layer and "layer:" in str(exc):
+            build_backbone(resolved)  # raises "--layer X is not a layer of the backbone (close: ...)"
+        raise
+    try:
+        yield writer
+    finally:
+        writer.__exit__(None, None, None)
+
+
 def _source(value: str) -> str:
     """A backbone/weights argument as later stages can reopen it: files become absolute."""
     path = Path(value).expanduser()
@@ -248,83 +298,84 @@ def _hash_listing(listing: Listing, progress: bool) -> list:
         return hash_files(paths, on_done=bar.update)
 
 
-class _Engine:
-    """The backbone's forward pass, built on first use and shared by the clean and the views
-    passes (a rerun with nothing new to embed builds nothing)."""
+class _JobEngine:
+    """The engine for this job's backbone, started on first use and shared by the clean and
+    the views passes (a rerun with nothing new to embed builds nothing)."""
 
     def __init__(self, resolved: ResolvedBackbone, options: EmbedOptions, report: EmbedReport,
                  log: Callable[[str], None]):
         self.resolved, self.options, self.report, self.log = resolved, options, report, log
-        self._forward = None
+        self._engine: Engine | None = None
 
-    def forward(self, cache_path: Path):
-        if self._forward is not None:
-            return self._forward
-        from .litert import fingerprint_key
-        from .runtime import make_forward
-        from .tf_runtime import tune_malloc
-
-        resolved, options, report, log = self.resolved, self.options, self.report, self.log
-        setup_started = time.perf_counter()
-        tune_malloc()
-
-        def build_model():
-            log(f"building {describe_architecture(resolved)}")
-            return build_backbone(resolved)
-
-        # Flatbuffers live beside the cache they serve (cache/litert/ for default caches).
-        forward = make_forward(options.runtime, fingerprint_key(resolved.fingerprint), build_model,
-                               Path(cache_path).parent, describe=resolved.fingerprint, log=log, jit=options.jit,
-                               devices=options.devices,
-                               mixed_precision=resolved.fingerprint.get("compute_dtype") == "mixed_float16")
-        resolved.image_size = forward.image_size
-        report.runtime = forward.runtime
-        report.devices = forward.replicas
-        report.jit = forward.jit
-        log(f"runtime: {forward.runtime} ({forward.reason})")
-        if options.batch_size is None:
-            from .batch_size import probe_batch_size
-            from .tf_runtime import gpus_visible
-
-            choice = probe_batch_size(forward, forward.image_size, forward.runtime == "tf" and gpus_visible(),
-                                      forward.replicas, log=log)
-            options.batch_size = choice.size
-            report.batch_probe = {str(k): round(v, 1) for k, v in choice.rates.items()}
-            log(f"--batch-size auto: {choice.size} per device ({choice.reason})")
-        report.batch_size = options.batch_size
-        report.setup_s = time.perf_counter() - setup_started
-        self._forward = forward
-        return forward
+    def get(self) -> Engine:
+        if self._engine is None:
+            options = self.options
+            engine = Engine(backbone_network(self.resolved, self.log), recipe_for(self.resolved.fingerprint),
+                            runtime=options.runtime, batch_size=options.batch_size, workers=options.parallelism,
+                            pixel_limit=options.pixel_limit,
+                            options=RuntimeOptions(jit=options.jit, devices=options.devices), log=self.log)
+            engine.start()
+            info, report = engine.info, self.report
+            report.runtime, report.devices, report.jit = info.runtime, info.replicas, info.jit
+            report.batch_size, report.batch_probe, report.workers = info.batch_size, info.batch_probe, info.workers
+            report.setup_s = info.setup_s
+            self._engine = engine
+        return self._engine
 
 
-def _embed_new(writer: CacheWriter, engine: _Engine, root: Path, todo: dict[str, str]) -> int:
-    """Run the backbone over ``todo`` (key -> path), one durable part file per batch."""
+TRANSIENT_PREFIXES = (CHANGED, "file vanished", "unreadable")
+
+
+def _refuse_mostly_non_finite(batch, what: str) -> None:
+    """One image with NaN features is that image's failure; most of the first batch is a
+    broken backbone, refused before anything is written (as the first-batch checks do)."""
+    from .engine import NON_FINITE
+    from .errors import BackboneError
+
+    bad = sum(1 for _, reason in batch.failed if reason == NON_FINITE)
+    if bad and bad * 2 > bad + len(batch.indices):
+        raise BackboneError(f"{what} produced NaN/inf features for {bad} of the first batch's "
+                            f"{bad + len(batch.indices)} images; the backbone is broken")
+
+
+def _embed_new(writer: CacheWriter, job: _JobEngine, root: Path, todo: dict[str, str],
+               transient: dict[str, str]) -> int:
+    """Run the backbone over ``todo`` (key -> path), one durable part file per batch.
+
+    Failures that say something about the bytes (undecodable, too large) are kept under the
+    key, so later runs do not try again; failures of the moment (the file changed or vanished
+    since it was hashed) go to ``transient``: reported now, retried next time.
+    """
     from tqdm import tqdm
 
-    from .pipeline import embed_batches
-
-    resolved, options, report, log = engine.resolved, engine.options, engine.report, engine.log
-    forward = engine.forward(writer.path)
+    engine = job.get()
+    resolved, options, report, log = job.resolved, job.options, job.report, job.log
     keys = list(todo)
-    paths = [str(root / todo[k]) for k in keys]
+    sources = [Source(str(root / todo[k]), key=k) for k in keys]
     embedded = 0
     checked = False
+    first_done = first_count = 0
     loop_started = time.perf_counter()
     with tqdm(total=len(keys), desc="embedding", unit="img", disable=not options.progress,
               dynamic_ncols=True, mininterval=0.5) as bar:
-        global_batch = options.batch_size * forward.replicas  # --batch-size is per device
-        for batch in embed_batches(forward, paths, resolved.image_size, global_batch, options.parallelism):
+        for batch in engine.embed(sources, group_first_batch=True):
+            if not checked:
+                _refuse_mostly_non_finite(batch, describe(resolved.fingerprint))
             if not checked and len(batch.indices):
-                check_features(batch.features, options.dtype, describe(resolved.fingerprint))
+                check_features(batch.features, options.dtype, describe(resolved.fingerprint), batch.pixel_groups)
                 _warn_if_flatten_is_big(resolved, batch.features.shape[1], len(writer.known_keys) + len(todo),
                                         options.dtype, report, log)
                 checked = True
                 first_done, first_count = time.perf_counter(), len(batch.indices)
-            batch_keys = [keys[i] for i in batch.indices]
-            failed = {keys[i]: reason for i, reason in batch.failed}
-            writer.add_part(batch_keys, batch.features, failed)
-            embedded += len(batch_keys)
-            bar.update(len(batch_keys) + len(failed))
+            failed = {}
+            for i, reason in batch.failed:
+                if reason.startswith(TRANSIENT_PREFIXES):
+                    transient[keys[i]] = reason
+                else:
+                    failed[keys[i]] = reason
+            writer.add_part(batch.keys, batch.features, failed)
+            embedded += len(batch.keys)
+            bar.update(len(batch.keys) + len(batch.failed))
     loop_done = time.perf_counter()
     report.embed_s = loop_done - loop_started
     if checked and embedded > first_count and loop_done > first_done:
@@ -332,7 +383,7 @@ def _embed_new(writer: CacheWriter, engine: _Engine, root: Path, todo: dict[str,
     return embedded
 
 
-def _embed_views(writer: CacheWriter, engine: _Engine, root: Path, kept: list[FileRecord]) -> None:
+def _embed_views(writer: CacheWriter, job: _JobEngine, root: Path, kept: list[FileRecord]) -> None:
     """Embed the augmented views the cache lacks for this listing's images.
 
     Views are sticky: once a cache holds K views, later runs make them for new images too
@@ -341,9 +392,8 @@ def _embed_views(writer: CacheWriter, engine: _Engine, root: Path, kept: list[Fi
     from tqdm import tqdm
 
     from .augment import DEFAULT_AUGMENTATION, view_seeds
-    from .pipeline import embed_batches
 
-    options, report, log = engine.options, engine.report, engine.log
+    options, report, log = job.options, job.report, job.log
     existing = writer.existing_views
     if not options.views and not existing:
         return
@@ -359,20 +409,18 @@ def _embed_views(writer: CacheWriter, engine: _Engine, root: Path, kept: list[Fi
     todo = [(key, view) for key in path_of for view in range(record["count"]) if not writer.has_view(key, view)]
     if not todo:
         return
-    forward = engine.forward(writer.path)
-    paths = [str(root / path_of[key]) for key, _ in todo]
+    engine = job.get()
+    sources = [Source(str(root / path_of[key]), key=key) for key, _ in todo]
     seeds = view_seeds([k for k, _ in todo], [v for _, v in todo], record["seed"])
     started = time.perf_counter()
     with tqdm(total=len(todo), desc="views", unit="view", disable=not options.progress,
               dynamic_ncols=True, mininterval=0.5) as bar:
-        global_batch = options.batch_size * forward.replicas
-        for batch in embed_batches(forward, paths, engine.resolved.image_size, global_batch, options.parallelism,
-                                   seeds=seeds):
+        for batch in engine.embed(sources, seeds=seeds):
             chosen = [todo[i] for i in batch.indices]
             writer.add_view_part([k for k, _ in chosen], [v for _, v in chosen], batch.features)
             report.views_embedded += len(chosen)
             for i, reason in batch.failed:  # the file changed or vanished since it was hashed
-                log(f"warning: view {todo[i][1]} of {paths[i]} could not be made: {reason}")
+                log(f"warning: view {todo[i][1]} of {sources[i].path} could not be made: {reason}")
             bar.update(len(chosen) + len(batch.failed))
     report.views_s = time.perf_counter() - started
     report.views_rate = report.views_embedded / report.views_s if report.views_s > 0 else 0.0

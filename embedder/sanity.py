@@ -15,8 +15,14 @@ from .errors import BackboneError
 _FLOAT16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal float16, ~6.1e-5
 
 
-def check_features(features: np.ndarray, storage_dtype: str, what: str) -> None:
-    """Raise BackboneError if ``features`` ([B, D] float32) look degenerate."""
+def check_features(features: np.ndarray, storage_dtype: str, what: str,
+                   pixel_groups: np.ndarray | None = None) -> None:
+    """Raise BackboneError if ``features`` ([B, D] float32) look degenerate.
+
+    ``pixel_groups`` (equal ids: identical input pixels) limits the "same features for every
+    image" check to images whose pixels differ: two blank scans (different bytes, the same
+    pixels) rightly give the same features, and must not stop a run.
+    """
     x = np.asarray(features, dtype=np.float64)
     if x.size == 0:
         return
@@ -29,11 +35,14 @@ def check_features(features: np.ndarray, storage_dtype: str, what: str) -> None:
             f"{what} produced all-zero features in the first batch; check the weights "
             f"(a randomly initialised network or a wrong --layer can do this)"
         )
+    if pixel_groups is not None:
+        _, first = np.unique(np.asarray(pixel_groups), return_index=True)
+        x = x[np.sort(first)]  # one image per distinct input
     if x.shape[0] > 1:
         spread = float(np.abs(x - x[0]).max())
         if spread <= 1e-6 * peak:
             raise BackboneError(
-                f"{what} produced the same features for every image of the first batch; "
+                f"{what} produced the same features for every distinct image of the first batch; "
                 f"the backbone ignores its input (check the weights and --layer)"
             )
     if storage_dtype == "float16":

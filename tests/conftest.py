@@ -64,6 +64,20 @@ def make_class_folders(root: Path, classes=("cats", "dogs"), per_class=6, size=(
     return written
 
 
+@pytest.fixture(scope="session", autouse=True)
+def headstart_home(tmp_path_factory):
+    """Converted backbones go to a store of this test session, never to ~/.cache (shared by
+    the session's tests, as a user's runs share theirs)."""
+    home = tmp_path_factory.mktemp("headstart-home")
+    previous = os.environ.get("HEADSTART_HOME")
+    os.environ["HEADSTART_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("HEADSTART_HOME", None)
+    else:
+        os.environ["HEADSTART_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
     """A small conv net saved as .keras: a user's own backbone with O(1) random features.

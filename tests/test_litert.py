@@ -40,16 +40,17 @@ def test_litert_and_tensorflow_embed_the_same_features(tmp_path, run_cli, tiny_m
     assert _relative_difference(lite_cache.file_features(), tf_cache.file_features()) <= RELATIVE
 
 
-def test_flatbuffer_is_converted_once_and_reused(tmp_path, run_cli, tiny_model_file):
+def test_flatbuffer_is_converted_once_and_reused(tmp_path, run_cli, tiny_model_file, monkeypatch):
+    monkeypatch.setenv("HEADSTART_HOME", str(tmp_path / "home"))  # an empty per-user store
     images = tmp_path / "imgs"
     make_class_folders(images, per_class=2)
     code, _, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "c.h5",
                            "--runtime", "litert")
     assert code == 0 and "converting the backbone to LiteRT" in err
-    flatbuffers = list((tmp_path / "litert").glob("backbone-*.tflite"))
+    flatbuffers = list((tmp_path / "home" / "converted" / "litert").glob("backbone-*.tflite"))
     assert len(flatbuffers) == 1
     stamp = flatbuffers[0].stat().st_mtime_ns
-    sidecar = json.loads(flatbuffers[0].with_suffix(".json").read_text())
+    sidecar = json.loads(flatbuffers[0].with_name(flatbuffers[0].name + ".json").read_text())
     assert sidecar["parity_relative_difference"] <= RELATIVE
 
     make_class_folders(images, per_class=2, seed=3)  # new images: the backbone must run again
@@ -62,7 +63,9 @@ def test_flatbuffer_is_converted_once_and_reused(tmp_path, run_cli, tiny_model_f
 
 
 def test_auto_falls_back_to_tensorflow_when_conversion_fails(tmp_path, run_cli, tiny_model_file, monkeypatch):
-    import headstart.embedder.litert as litert
+    import headstart.embedder.runtimes.litert as litert
+
+    monkeypatch.setenv("HEADSTART_HOME", str(tmp_path / "home"))  # nothing converted yet
 
     def refuse(model):
         raise litert.ConversionError(f"{model.name} does not convert to TFLite: unsupported op (simulated)")
@@ -106,7 +109,7 @@ def test_every_registered_family_converts_with_parity(name, size):
     """Random weights, generated pixels: LiteRT within 1e-4 (relative) of TensorFlow.
     One member per family of the registry (members differ in width/depth, not in ops)."""
     from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
-    from headstart.embedder.litert import LiteRTForward, check_parity, convert
+    from headstart.embedder.runtimes.litert import LiteRTForward, check_parity, convert
 
     model = build_backbone(resolve(BackboneConfig(name, weights="none", image_size=size)))
     assert check_parity(model, LiteRTForward(convert(model)), size, seed=1) <= RELATIVE
@@ -116,14 +119,15 @@ def test_every_registered_family_converts_with_parity(name, size):
 @pytest.mark.parametrize("alpha, weights", [(0.35, WEIGHTS_035), (1.0, WEIGHTS_100)])
 def test_real_weights_on_real_photos_have_parity(alpha, weights):
     from headstart.embedder.backbones import BackboneConfig, build_backbone, resolve
-    from headstart.embedder.litert import LiteRTForward, convert
-    from headstart.embedder.pipeline import compiled_forward, image_dataset
+    from headstart.embedder.decode import CURRENT
+    from headstart.embedder.runtimes.litert import LiteRTForward, convert
+    from headstart.embedder.runtimes.tf import compiled_forward
 
     model = build_backbone(resolve(BackboneConfig("MobileNetV2", weights=str(weights), alpha=alpha)))
-    photos = sorted(str(p) for p in (ASSETS / "photos").glob("*.jpg"))
-    (_, pixels), = list(image_dataset(photos, 224, batch_size=len(photos)))
+    photos = sorted((ASSETS / "photos").glob("*.jpg"))
+    pixels = np.stack([CURRENT.load(p.read_bytes(), 224) for p in photos])
     reference = compiled_forward(model, 224)(pixels).numpy()
-    got = LiteRTForward(convert(model))(pixels.numpy())
+    got = LiteRTForward(convert(model))(pixels)
     assert np.abs(reference).max() > 1  # real features, not the ~1e-12 of random weights
     assert _relative_difference(got, reference) <= RELATIVE
 
@@ -133,7 +137,7 @@ def test_interpreter_pool_keeps_order_and_numbers(tiny_model_file):
     several callers at once, give each image exactly the features one interpreter gives it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from headstart.embedder.litert import LiteRTForward, convert
+    from headstart.embedder.runtimes.litert import LiteRTForward, convert
     from headstart.embedder.tf_runtime import import_keras
 
     flatbuffer = convert(import_keras().models.load_model(tiny_model_file))
@@ -155,7 +159,7 @@ def test_interpreter_pool_keeps_order_and_numbers(tiny_model_file):
 
 @pytest.mark.parametrize("cores, layout", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (6, (4, 1)), (16, (4, 4))])
 def test_default_layout_is_one_interpreter_per_core_up_to_a_cap(cores, layout):
-    from headstart.embedder.litert import default_layout
+    from headstart.embedder.runtimes.litert import default_layout
 
     assert default_layout(cores) == layout
 

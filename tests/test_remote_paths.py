@@ -148,11 +148,13 @@ def test_embed_from_and_to_a_url_equals_a_local_run(tmp_path, ram, tiny_model_fi
     assert cache.path == UrlPath(url) and str(cache.images_root) == f"{ram}/images"
     assert cache.attrs["images_root"] == f"{ram}/images"
 
-    # The staged copy, its flatbuffer and the bookkeeping live on this machine, not at the URL.
+    # The staged copy, the flatbuffer and the bookkeeping live on this machine, not at the URL.
     staged = staging.staged_path(url)
     assert staged.is_file() and staged.parent.parent == tmp_path / "staging"
     if remote.runtime == "litert":
-        assert list((staged.parent / "litert").glob("*.tflite"))
+        from headstart.embedder.runtimes.store import headstart_home
+
+        assert list((headstart_home() / "converted" / "litert").glob("*.tflite"))
 
     # A rerun embeds nothing and uploads nothing.
     writes.clear()
