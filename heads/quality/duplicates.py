@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from headstart.embedder.progress import progress_bar
 
-from .inventory import Inventory, default_report_path, progress_bar, unit_features
+from .inventory import Inventory, default_report_path, unit_features
 from .output import write_csv
 from .report import QualityReport
 from .similarity import JoinStats, similar_pairs
@@ -216,7 +217,7 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
                              f"({share:.0%} of all pairs of {n:,} images): that is similarity, not duplication; "
                              f"raise --threshold (default {DEFAULT_THRESHOLD})")
 
-    with progress_bar(0, "near-duplicates", progress, unit="pair") as bar:
+    with progress_bar(0, "near-duplicates", progress, unit="pair", unit_scale=True) as bar:
         stats = similar_pairs(features, threshold, store, seed=inv.seed, progress=bar, check_estimate=refuse_explosion)
     del features
     i, j, sims = store.arrays()

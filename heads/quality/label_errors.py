@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.errors import UsageError
+from headstart.embedder.progress import progress_bar
 
-from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, raw_features,
+from .inventory import (Inventory, default_report_path, labelled_units, other_paths, raw_features,
                         require_labels)
 from .output import write_csv
 from .pca import principal_axes
@@ -145,7 +146,7 @@ def rank_label_errors(inv: Inventory, out: str | Path | None = None, folds: int 
     fold_of = _stratified_folds(y, folds, inv.seed)
     conflict_rows = np.flatnonzero(inv.conflict)
     unconverged = False
-    with progress_bar(folds, "label model folds", progress, unit="fold") as bar:
+    with progress_bar(folds, "label model folds", progress, unit="fold", unit_scale=True) as bar:
         for f in range(folds):
             test = fold_of == f
             p_test, bad = _fit_predict(features[fit_rows[~test]], y[~test],

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.errors import UsageError
+from headstart.embedder.progress import progress_bar
 
-from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, require_labels,
+from .inventory import (Inventory, default_report_path, labelled_units, other_paths, require_labels,
                         unit_features)
 from .output import write_csv
 from .report import QualityReport
@@ -81,7 +82,7 @@ def outlier_scores(inv: Inventory, x: np.ndarray, k: int = DEFAULT_K, max_refere
     median = np.full(len(rows), np.nan)
     centroids = np.zeros((num_classes, x.shape[1]), dtype=np.float32)
     sampled = []
-    with progress_bar(len(rows), "outliers", progress, unit="img") as bar:
+    with progress_bar(len(rows), "outliers", progress, unit="img", unit_scale=True) as bar:
         for c in np.unique(labels):
             units = np.flatnonzero(labels == c)
             members = rows[units]  # distinct rows (units are unique per (row, label))
