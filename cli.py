@@ -480,6 +480,8 @@ def _inspect_done(report, as_json: bool, quiet: bool, lines, problems=None) -> N
     elif not quiet:
         for line in lines():
             typer.echo(line)
+        for line in _picture_lines(report):
+            typer.echo(line)
     elif problems is not None:
         for line in problems():
             _err(line)
@@ -487,6 +489,19 @@ def _inspect_done(report, as_json: bool, quiet: bool, lines, problems=None) -> N
         for warning in report.warnings:
             _err(f"warning: {warning}")
     raise typer.Exit(report.exit_code)
+
+
+def _picture_lines(report):
+    """Where the report's images are (its CSV's paths are relative to it) and its gallery."""
+    if getattr(report, "images_root", ""):
+        csv = str(getattr(report, "out", "")).endswith(".csv")
+        yield (f"images:     {report.images_root}" + (" (the CSV's paths are relative to it; its abs_path columns "
+                                                      "have them whole)" if csv else ""))
+    if getattr(report, "gallery", ""):
+        note = f" ({report.gallery_note})" if getattr(report, "gallery_note", "") else ""
+        yield f"gallery:    {report.gallery}{note}"
+    elif getattr(report, "gallery_note", ""):
+        yield f"gallery:    {report.gallery_note}"
 
 
 @inspect_app.command("duplicates")
@@ -641,6 +656,35 @@ def inspect_map(
         ringed = f"; {report.flagged_drawn:,} ringed: {report.flag_source}" if report.flag_source else ""
         yield (f"wrote {report.out}: {report.points:,} of {report.rows:,} images, {report.method.upper()}{axes}"
                f"{ringed} ({report.seconds:.1f} s)")
+
+    _inspect_done(report, as_json, quiet, lines)
+
+
+@inspect_app.command("samples")
+def inspect_samples(
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Images drawn per class: one line of the "
+                                                                      "sheet [6]."),
+    max_classes: Optional[int] = typer.Option(None, "--max-classes", help="Most classes shown, in sorted order "
+                                                                          "[16]."),
+    seed: int = typer.Option(0, help="Seed of the draw (and of head train's split, shown per image)."),
+    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
+    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write; default: reports/<cache>-samples.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
+    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+) -> None:
+    """A contact sheet of a few images of each class, to see what the classes hold."""
+    from headstart.heads.quality.commands import inspect_samples as run
+
+    report = run(cache, cache_dir, per_class, max_classes, seed, images, out, log=_inspect_log(quiet, as_json))
+
+    def lines():
+        shown = f"the first {report.groups_shown} of {report.groups}" if report.groups_shown < report.groups else \
+            f"all {report.groups}"
+        yield (f"drew {report.tiles} images ({report.per_class} per group, seed {report.seed}) of {shown} groups "
+               f"({report.classes} classes" + (", unlabelled or conflicting images)" if report.groups > report.classes
+                                               else ")"))
 
     _inspect_done(report, as_json, quiet, lines)
 

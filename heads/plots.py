@@ -59,8 +59,9 @@ def history_png(path, history: Mapping[str, Sequence[float]], best_epoch: int | 
         ax = fig.add_subplot(1, 2, index + 1)
         for prefix, style in (("", "-"), ("val_", "--")):
             values = list(history.get(prefix + metric) or [])
-            if values:
-                ax.plot(range(1, len(values) + 1), values, style, label=("val " if prefix else "train ") + metric)
+            if values:  # markers while there are few epochs: one epoch is a point, not an invisible line
+                ax.plot(range(1, len(values) + 1), values, style, label=("val " if prefix else "train ") + metric,
+                        marker="o" if len(values) <= 20 else None, markersize=4)
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
