@@ -17,7 +17,67 @@ from typing import List, Optional
 
 import typer
 
+from headstart import __version__
 from headstart.embedder.errors import EXIT_OK, HeadstartError
+
+# The root listing, in the order of the workflow, each command in one line that fits 80 columns.
+WORKFLOW = {
+    "embed": "Run a frozen backbone over images once, into an HDF5 cache.",
+    "head": "Train, compare and re-evaluate small heads on a cache.",
+    "finetune": "Fine-tune backbone and dense head end to end on the images.",
+    "predict": "Class probabilities for new images, from any run.",
+    "export": "One self-contained model (Keras, SavedModel, TFLite).",
+    "eval": "Evaluate a run on labelled images.",
+    "inspect": "Data quality: duplicates, leakage, label errors, outliers.",
+    "report": "A run's report.html: metrics, plots, mistakes as pictures.",
+}
+_SETTINGS = {"help_option_names": ["-h", "--help"]}  # inherited by every sub-command
+
+
+class _Group(typer.core.TyperGroup):
+    """Lists sub-commands in full (click cuts them at ~45 characters with '...')."""
+
+    summaries: dict = {}
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, self.summaries.get(name) or command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _RootGroup(_Group):
+    """The root: commands in workflow order, and its --version option shared by every command."""
+
+    summaries = WORKFLOW
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        version = next((p for p in self.params if p.name == "version"), None)
+        if version is not None:
+            _share_option(self, version)
+
+    def list_commands(self, ctx) -> list:
+        rank = {name: k for k, name in enumerate(WORKFLOW)}
+        return sorted(self.commands, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def _share_option(group, option) -> None:
+    """Give ``option`` to every command under ``group`` (so `headstart head train --version` works)."""
+    for command in group.commands.values():
+        if all(p.name != option.name for p in command.params):
+            command.params.append(option)
+        if hasattr(command, "commands"):
+            _share_option(command, option)
+
+
+def _typer(help: str, **kwargs) -> typer.Typer:
+    return typer.Typer(help=help, no_args_is_help=True, cls=_Group, context_settings=_SETTINGS, **kwargs)
+
 
 app = typer.Typer(
     name="headstart",
@@ -26,13 +86,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=_RootGroup,
+    context_settings=_SETTINGS,
 )
-embed_app = typer.Typer(help="Run a frozen backbone over images into an HDF5 cache.", no_args_is_help=True)
-head_app = typer.Typer(help="Train and compare heads on a cache.", no_args_is_help=True)
+embed_app = _typer("Run a frozen backbone over images into an HDF5 cache.")
+head_app = _typer("Train and compare heads on a cache.")
 app.add_typer(embed_app, name="embed")
 app.add_typer(head_app, name="head")
-inspect_app = typer.Typer(help="Data quality from a cache: duplicates and split leakage, label errors, outliers, "
-                               "a 2-D map.", no_args_is_help=True)
+inspect_app = _typer("Data quality from a cache: duplicates and split leakage, label errors, outliers, a 2-D map, "
+                     "class samples.")
 app.add_typer(inspect_app, name="inspect")
 
 EXIT_INTERNAL = 3
@@ -47,9 +109,17 @@ def _emit_json(data: dict) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"headstart {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for unexpected errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, expose_value=False,
+                                 help="Print headstart's version and exit."),
 ) -> None:
     _state["debug"] = debug
 
