@@ -877,6 +877,48 @@ def export(
                    f"{len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
 
 
+# --------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report(
+    run: Path = typer.Argument(..., help="A head or fine-tuned run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write; default: RUN/report.html."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help="Folder of `inspect` reports to include; default: "
+                                                                   "reports/ beside the runs folder, or in the "
+                                                                   "working folder."),
+    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Write a run's report.html: metrics, per-class table, plots, mistakes as pictures, inspect findings.
+
+    One self-contained file (images inlined), readable offline in any browser.
+    """
+    from headstart.heads.run_report import write_run_report
+
+    result = write_run_report(run, out=out, reports_dir=reports, images=images)
+    if as_json:
+        _emit_json(result.to_dict())
+    elif not quiet:
+        typer.echo(f"wrote {result.out}")
+        typer.echo(f"images:   {result.images_root or 'unknown'} (the run's paths are relative to it)")
+        if not result.errors:
+            typer.echo("mistakes: none")
+        elif not result.error_tiles:
+            typer.echo(f"mistakes: {result.errors:,} listed without pictures (their images were not found)")
+        else:
+            capped = f"the first {result.error_tiles} of " if result.errors > result.error_tiles else ""
+            typer.echo(f"mistakes: {capped}{result.errors:,} shown as pictures")
+        found = ", ".join(Path(p).name for p in result.findings)
+        typer.echo(f"inspect:  {found} (from {result.reports_dir})" if found else
+                   "inspect:  no report on this run's cache found (run `headstart inspect ...` to add them)")
+    if not as_json:
+        for note in result.notes:
+            _err(f"note: {note}")
+    raise typer.Exit(result.exit_code)
+
+
 # ----------------------------------------------------------------------------- main
 
 

@@ -45,8 +45,11 @@ def _num(value, spec: str = ".2f") -> str:
 
 
 def _picture(row: dict, resolve: Resolver, suffix: str = "") -> Picture:
+    """The row's image under the images root given (which may be newer than the CSV's
+    ``abs_path``: the images moved); the CSV's ``abs_path`` only when no root is known."""
     relative = row.get("path" + suffix, "")
-    return Picture(row.get("abs_path" + suffix) or resolve(relative), relative)
+    where = resolve(relative) if resolve.root else (row.get("abs_path" + suffix) or relative)
+    return Picture(where, relative)
 
 
 # ----------------------------------------------------------------------- one cell per row
