@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -118,12 +117,12 @@ def load_thumbnail(where: str, box: int = THUMB):
             source = io.BytesIO(location(where).read_bytes())
         else:
             source = where
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                image.draft("RGB", (box, box))  # JPEG: decode at 1/2..1/8 scale, far faster
-                image = ImageOps.exif_transpose(image)
-                image = _flatten(image)
+        with Image.open(source) as image:  # reads the header only; Pillow refuses decompression bombs here
+            pixels = image.width * image.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                return None, f"too large to show ({pixels / 1e6:.0f} MP)"
+            image.draft("RGB", (box, box))  # JPEG: decode at 1/2..1/8 scale, far faster
+            image = _flatten(ImageOps.exif_transpose(image))
     except FileNotFoundError:
         return None, "file not found"
     except IsADirectoryError:

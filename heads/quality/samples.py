@@ -84,7 +84,8 @@ def class_samples(inv: Inventory, out: str | Path | None = None, per_class: int 
     what = f"{labelled_groups} classes" + (f" (also: {', '.join(others)})" if others else "")
     title = f"{Path(str(inv.cache.path)).name}: samples of {what}"
     if len(shown) < len(groups):
-        title += f" (the first {len(shown)} of {len(groups)} groups; raise --max-classes for more)"
+        title += (f" (the first {len(shown)} of {len(groups)} {'groups' if others else 'classes'}; raise "
+                  f"--max-classes for more)")
     sheet = Sheet(title, sections, subtitle=f"images under {root}; split as head train assigns it")
     out_path = Path(out) if out is not None else default_report_path(inv.cache, "samples.png")
     write_sheet(sheet, out_path)
