@@ -112,8 +112,8 @@ def write_evaluation(
     there are mistakes and their images are there). Returns the metrics dict.
     """
     from . import plots
+    from .contact_sheet import Resolver
     from .gallery import write_gallery
-    from .quality.output import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,15 +132,18 @@ def write_evaluation(
         metrics.update(dict(extra))
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=json_default) + "\n")
     wrong = misclassified_rows(y_true, proba, classes, paths)
-    if images_root is None:  # the CSV exactly as before: no root, no absolute paths to give
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=MISCLASSIFIED_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(wrong)
-        write_text_atomic(out / "misclassified.csv", buffer.getvalue())
-    else:
-        write_csv(out / "misclassified.csv", MISCLASSIFIED_COLUMNS,
-                  ([r[k] for k in MISCLASSIFIED_COLUMNS] for r in wrong), images_root=images_root)
+    columns = list(MISCLASSIFIED_COLUMNS)
+    if images_root is not None:  # without it, the CSV exactly as before: no absolute paths to give
+        resolve = Resolver(images_root)
+        columns.append("abs_path")
+        for row in wrong:
+            row["abs_path"] = resolve(row["path"])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(wrong)
+    write_text_atomic(out / "misclassified.csv", buffer.getvalue())
+    if images_root is not None:
         split = (extra or {}).get("split")
         write_gallery("misclassified", out / "misclassified.csv", images_root,
                       title=f"{split} split" if isinstance(split, str) and split else "")
