@@ -17,7 +17,67 @@ from typing import List, Optional
 
 import typer
 
+from headstart import __version__
 from headstart.embedder.errors import EXIT_OK, EXIT_USAGE, HeadstartError
+
+# The root listing, in the order of the workflow, each command in one line that fits 80 columns.
+WORKFLOW = {
+    "embed": "Run a frozen backbone over images once, into an HDF5 cache.",
+    "head": "Train, compare and re-evaluate small heads on a cache.",
+    "finetune": "Fine-tune backbone and dense head end to end on the images.",
+    "predict": "Class probabilities for new images, from any run.",
+    "export": "One self-contained model (Keras, SavedModel, TFLite).",
+    "eval": "Evaluate a run on labelled images.",
+    "inspect": "Data quality: duplicates, leakage, label errors, outliers.",
+    "report": "A run's report.html: metrics, plots, mistakes as pictures.",
+}
+_SETTINGS = {"help_option_names": ["-h", "--help"]}  # inherited by every sub-command
+
+
+class _Group(typer.core.TyperGroup):
+    """Lists sub-commands in full (click cuts them at ~45 characters with '...')."""
+
+    summaries: dict = {}
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, self.summaries.get(name) or command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _RootGroup(_Group):
+    """The root: commands in workflow order, and its --version option shared by every command."""
+
+    summaries = WORKFLOW
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        version = next((p for p in self.params if p.name == "version"), None)
+        if version is not None:
+            _share_option(self, version)
+
+    def list_commands(self, ctx) -> list:
+        rank = {name: k for k, name in enumerate(WORKFLOW)}
+        return sorted(self.commands, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def _share_option(group, option) -> None:
+    """Give ``option`` to every command under ``group`` (so `headstart head train --version` works)."""
+    for command in group.commands.values():
+        if all(p.name != option.name for p in command.params):
+            command.params.append(option)
+        if hasattr(command, "commands"):
+            _share_option(command, option)
+
+
+def _typer(help: str, **kwargs) -> typer.Typer:
+    return typer.Typer(help=help, no_args_is_help=True, cls=_Group, context_settings=_SETTINGS, **kwargs)
+
 
 app = typer.Typer(
     name="headstart",
@@ -26,13 +86,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=_RootGroup,
+    context_settings=_SETTINGS,
 )
-embed_app = typer.Typer(help="Run a frozen backbone over images into an HDF5 cache.", no_args_is_help=True)
-head_app = typer.Typer(help="Train and compare heads on a cache.", no_args_is_help=True)
+embed_app = _typer("Run a frozen backbone over images into an HDF5 cache.")
+head_app = _typer("Train and compare heads on a cache.")
 app.add_typer(embed_app, name="embed")
 app.add_typer(head_app, name="head")
-inspect_app = typer.Typer(help="Data quality from a cache: duplicates and split leakage, label errors, outliers, "
-                               "a 2-D map.", no_args_is_help=True)
+inspect_app = _typer("Data quality from a cache: duplicates and split leakage, label errors, outliers, a 2-D map, "
+                     "class samples.")
 app.add_typer(inspect_app, name="inspect")
 
 EXIT_INTERNAL = 3
@@ -47,9 +109,17 @@ def _emit_json(data: dict) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"headstart {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for unexpected errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, expose_value=False,
+                                 help="Print headstart's version and exit."),
 ) -> None:
     _state["debug"] = debug
 
@@ -482,6 +552,8 @@ def _inspect_done(report, as_json: bool, quiet: bool, lines, problems=None) -> N
     elif not quiet:
         for line in lines():
             typer.echo(line)
+        for line in _picture_lines(report):
+            typer.echo(line)
     elif problems is not None:
         for line in problems():
             _err(line)
@@ -489,6 +561,19 @@ def _inspect_done(report, as_json: bool, quiet: bool, lines, problems=None) -> N
         for warning in report.warnings:
             _err(f"warning: {warning}")
     raise typer.Exit(report.exit_code)
+
+
+def _picture_lines(report):
+    """Where the report's images are (its CSV's paths are relative to it) and its gallery."""
+    if getattr(report, "images_root", ""):
+        csv = str(getattr(report, "out", "")).endswith(".csv")
+        yield (f"images:     {report.images_root}" + (" (the CSV's paths are relative to it; its abs_path columns "
+                                                      "have them whole)" if csv else ""))
+    if getattr(report, "gallery", ""):
+        note = f" ({report.gallery_note})" if getattr(report, "gallery_note", "") else ""
+        yield f"gallery:    {report.gallery}{note}"
+    elif getattr(report, "gallery_note", ""):
+        yield f"gallery:    {report.gallery_note}"
 
 
 @inspect_app.command("duplicates")
@@ -647,6 +732,35 @@ def inspect_map(
     _inspect_done(report, as_json, quiet, lines)
 
 
+@inspect_app.command("samples")
+def inspect_samples(
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Images drawn per class: one line of the "
+                                                                      "sheet [6]."),
+    max_classes: Optional[int] = typer.Option(None, "--max-classes", help="Most classes shown, in sorted order "
+                                                                          "[16]."),
+    seed: int = typer.Option(0, help="Seed of the draw (and of head train's split, shown per image)."),
+    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
+    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
+    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write; default: reports/<cache>-samples.png."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
+    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+) -> None:
+    """A contact sheet of a few images of each class, to see what the classes hold."""
+    from headstart.heads.quality.commands import inspect_samples as run
+
+    report = run(cache, cache_dir, per_class, max_classes, seed, images, out, log=_inspect_log(quiet, as_json))
+
+    def lines():
+        shown = f"the first {report.groups_shown} of {report.groups}" if report.groups_shown < report.groups else \
+            f"all {report.groups}"
+        yield (f"drew {report.tiles} images ({report.per_class} per group, seed {report.seed}) of {shown} groups "
+               f"({report.classes} classes" + (", unlabelled or conflicting images)" if report.groups > report.classes
+                                               else ")"))
+
+    _inspect_done(report, as_json, quiet, lines)
+
+
 # ------------------------------------------------------------------------- finetune
 
 
@@ -764,6 +878,48 @@ def export(
     else:
         typer.echo(f"exported {info['artifact']} ({fmt}; input {info['input']['shape']} RGB 0-255; "
                    f"{len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report(
+    run: Path = typer.Argument(..., help="A head or fine-tuned run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write; default: RUN/report.html."),
+    reports: Optional[Path] = typer.Option(None, "--reports", help="Folder of `inspect` reports to include; default: "
+                                                                   "reports/ beside the runs folder, or in the "
+                                                                   "working folder."),
+    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Write a run's report.html: metrics, per-class table, plots, mistakes as pictures, inspect findings.
+
+    One self-contained file (images inlined), readable offline in any browser.
+    """
+    from headstart.heads.run_report import write_run_report
+
+    result = write_run_report(run, out=out, reports_dir=reports, images=images)
+    if as_json:
+        _emit_json(result.to_dict())
+    elif not quiet:
+        typer.echo(f"wrote {result.out}")
+        typer.echo(f"images:   {result.images_root or 'unknown'} (the run's paths are relative to it)")
+        if not result.errors:
+            typer.echo("mistakes: none")
+        elif not result.error_tiles:
+            typer.echo(f"mistakes: {result.errors:,} listed without pictures (their images were not found)")
+        else:
+            capped = f"the first {result.error_tiles} of " if result.errors > result.error_tiles else ""
+            typer.echo(f"mistakes: {capped}{result.errors:,} shown as pictures")
+        found = ", ".join(Path(p).name for p in result.findings)
+        typer.echo(f"inspect:  {found} (from {result.reports_dir})" if found else
+                   "inspect:  no report on this run's cache found (run `headstart inspect ...` to add them)")
+    if not as_json:
+        for note in result.notes:
+            _err(f"note: {note}")
+    raise typer.Exit(result.exit_code)
 
 
 # ----------------------------------------------------------------------------- main

@@ -5,7 +5,8 @@ fine-tuning, ``head eval``). Given true labels, probabilities, class names and t
 paths it writes ``metrics.json`` (accuracy, top-k, macro-F1, per-class precision/recall/F1,
 the confusion matrix, log-loss), ``confusion.png``, ``misclassified.csv`` (path, true,
 predicted, confidence; the most confident mistakes first, as those are often label errors)
-and, given a training history, ``history.png``.
+and, given a training history, ``history.png``. Given the images root, the CSV also gets an
+``abs_path`` column and the mistakes are shown in ``misclassified.png`` (:mod:`heads.gallery`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def summarize(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+MISCLASSIFIED_COLUMNS = ["path", "true", "predicted", "confidence"]
+
+
 def misclassified_rows(y_true, proba, classes, paths) -> list[dict]:
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(proba, dtype=np.float64)
@@ -97,14 +101,19 @@ def write_evaluation(
     best_epoch: int | None = None,
     extra: Mapping[str, Any] | None = None,
     title: str | None = None,
+    images_root: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compute metrics and write metrics.json, confusion.png, misclassified.csv (and history.png).
 
     ``history`` is a dict of per-epoch lists (``loss``, ``accuracy``, ``val_loss``,
     ``val_accuracy``), or a ``keras.callbacks.History``. ``extra`` is merged into
-    metrics.json (e.g. ``{"test": {...}}``). Returns the metrics dict.
+    metrics.json (e.g. ``{"test": {...}}``). ``images_root``, the folder ``paths`` are
+    relative to, adds the ``abs_path`` column and ``misclassified.png`` (written when
+    there are mistakes and their images are there). Returns the metrics dict.
     """
     from . import plots
+    from .contact_sheet import Resolver
+    from .gallery import write_gallery
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,11 +131,22 @@ def write_evaluation(
     if extra:
         metrics.update(dict(extra))
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=json_default) + "\n")
+    wrong = misclassified_rows(y_true, proba, classes, paths)
+    columns = list(MISCLASSIFIED_COLUMNS)
+    if images_root is not None:  # without it, the CSV exactly as before: no absolute paths to give
+        resolve = Resolver(images_root)
+        columns.append("abs_path")
+        for row in wrong:
+            row["abs_path"] = resolve(row["path"])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["path", "true", "predicted", "confidence"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(misclassified_rows(y_true, proba, classes, paths))
+    writer.writerows(wrong)
     write_text_atomic(out / "misclassified.csv", buffer.getvalue())
+    if images_root is not None:
+        split = (extra or {}).get("split")
+        write_gallery("misclassified", out / "misclassified.csv", images_root,
+                      title=f"{split} split" if isinstance(split, str) and split else "")
     plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), classes,
                         title or _confusion_title(metrics))
     if history:

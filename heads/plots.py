@@ -53,16 +53,21 @@ def confusion_png(path, matrix: np.ndarray, classes: Sequence[str], title: str =
 def history_png(path, history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> None:
     """Loss and accuracy per epoch, train and validation, with the kept epoch marked."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4))
+    epochs = max([len(values or []) for values in history.values()] + [best_epoch or 1])
     for index, metric in enumerate(("loss", "accuracy")):
         ax = fig.add_subplot(1, 2, index + 1)
         for prefix, style in (("", "-"), ("val_", "--")):
             values = list(history.get(prefix + metric) or [])
-            if values:
-                ax.plot(range(1, len(values) + 1), values, style, label=("val " if prefix else "train ") + metric)
+            if values:  # markers while there are few epochs: one epoch is a point, not an invisible line
+                ax.plot(range(1, len(values) + 1), values, style, label=("val " if prefix else "train ") + metric,
+                        marker="o" if len(values) <= 20 else None, markersize=4)
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
+        ax.set_xlim(0.5, epochs + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs: no 0.96, 0.98
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

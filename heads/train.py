@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,10 +206,9 @@ class _epoch_bar:
     def __enter__(self):
         if not self.enabled:
             return None
-        from tqdm import tqdm
+        from headstart.embedder.progress import progress_bar
 
-        self.bar = tqdm(total=int(self.params.epochs), desc="dense head", unit="epoch", file=sys.stderr,
-                        leave=False, dynamic_ncols=True, disable=None)  # None: only on a terminal
+        self.bar = progress_bar(int(self.params.epochs), "dense head", unit="epoch")  # only on a terminal
 
         def on_epoch(epoch: int, logs: dict) -> None:
             self.bar.update(1)

@@ -51,3 +51,13 @@ def inspect_map(cache: str | os.PathLike | None = None, cache_dir: str | os.Path
 
     inv = open_inventory(cache, cache_dir, seed=seed, log=log)
     return draw_map(inv, out, method, flag, top, max_points, progress)
+
+
+def inspect_samples(cache: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "cache",
+                    per_class: int | None = None, max_classes: int | None = None, seed: int = 0,
+                    images: str | os.PathLike | None = None, out: str | Path | None = None, log: Log = quiet):
+    from .samples import DEFAULT_MAX_CLASSES, DEFAULT_PER_CLASS, class_samples
+
+    inv = open_inventory(cache, cache_dir, seed=seed, log=log)
+    return class_samples(inv, out, DEFAULT_PER_CLASS if per_class is None else per_class,
+                         DEFAULT_MAX_CLASSES if max_classes is None else max_classes, images)

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
+from headstart.embedder.progress import progress_bar
 
-from .inventory import Inventory, default_report_path, progress_bar, unit_features
-from .output import write_csv
+from .inventory import Inventory, default_report_path, unit_features
+from .output import write_csv, write_report_gallery
 from .report import QualityReport
 from .similarity import JoinStats, similar_pairs
 
@@ -216,7 +217,7 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
                              f"({share:.0%} of all pairs of {n:,} images): that is similarity, not duplication; "
                              f"raise --threshold (default {DEFAULT_THRESHOLD})")
 
-    with progress_bar(0, "near-duplicates", progress, unit="pair") as bar:
+    with progress_bar(0, "near-duplicates", progress, unit="pair", unit_scale=True) as bar:
         stats = similar_pairs(features, threshold, store, seed=inv.seed, progress=bar, check_estimate=refuse_explosion)
     del features
     i, j, sims = store.arrays()
@@ -249,7 +250,8 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
                         int(group[a]), str(keys[a]), str(keys[b]), note))
     total_records = len(records) - len(order) + len(i)
     records.sort(key=lambda r: (r[0], r[1]))
-    written = write_csv(out_path, HEADER, (r[2:] for r in records[:max_pairs]))
+    written = write_csv(out_path, HEADER, (r[2:] for r in records[:max_pairs]), images_root=inv.cache.images_root)
+    shown = write_report_gallery("duplicates", out_path, inv.cache)
 
     names, counts = np.unique(split_names[leak].astype(str), return_counts=True) if leak.any() else ((), ())
     by_split = {str(a): int(b) for a, b in zip(names, counts)}
@@ -292,4 +294,5 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
         seconds=time.perf_counter() - started,
         warnings=warnings,
         exit_code=EXIT_ATTENTION if needs_attention else EXIT_OK,
+        **shown,
     )

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.errors import UsageError
+from headstart.embedder.progress import progress_bar
 
-from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, raw_features,
+from .inventory import (Inventory, default_report_path, labelled_units, other_paths, raw_features,
                         require_labels)
-from .output import write_csv
+from .output import write_csv, write_report_gallery
 from .pca import principal_axes
 from .report import QualityReport
 
@@ -145,7 +146,7 @@ def rank_label_errors(inv: Inventory, out: str | Path | None = None, folds: int 
     fold_of = _stratified_folds(y, folds, inv.seed)
     conflict_rows = np.flatnonzero(inv.conflict)
     unconverged = False
-    with progress_bar(folds, "label model folds", progress, unit="fold") as bar:
+    with progress_bar(folds, "label model folds", progress, unit="fold", unit_scale=True) as bar:
         for f in range(folds):
             test = fold_of == f
             p_test, bad = _fit_predict(features[fit_rows[~test]], y[~test],
@@ -175,13 +176,14 @@ def rank_label_errors(inv: Inventory, out: str | Path | None = None, folds: int 
                 float(p_suggested[k]), float(score[k]), int(copies[k]), "yes" if inv.conflict[rows[k]] else "",
                 str(inv.split[rows[k]]), str(c.keys[rows[k]]), also.get(int(k), "")) for k in order]
     out_path = Path(out) if out is not None else default_report_path(c, "label-errors.csv")
-    write_csv(out_path, HEADER, records)
+    write_csv(out_path, HEADER, records, images_root=c.images_root)
+    shown = write_report_gallery("label-errors", out_path, c)
     oof = float(np.mean(probs[fit_rows].argmax(axis=1) == y))
     return LabelErrorsReport(
         cache=str(c.path), images=len(records), rows_fitted=int(len(fit_rows)), classes=int(present.sum()),
         folds=folds, dims=int(min(dims, c.dim) if dims else c.dim), C=float(C), seed=inv.seed, oof_accuracy=oof,
         suspicious=int(np.sum(score > 0)), top=[dict(zip(HEADER, r)) for r in records[:top]], out=str(out_path),
-        seconds=time.perf_counter() - started, warnings=warnings,
+        seconds=time.perf_counter() - started, warnings=warnings, **shown,
     )
 
 

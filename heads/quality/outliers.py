@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.errors import UsageError
+from headstart.embedder.progress import progress_bar
 
-from .inventory import (Inventory, default_report_path, labelled_units, other_paths, progress_bar, require_labels,
+from .inventory import (Inventory, default_report_path, labelled_units, other_paths, require_labels,
                         unit_features)
-from .output import write_csv
+from .output import write_csv, write_report_gallery
 from .report import QualityReport
 
 DEFAULT_K = 10
@@ -81,7 +82,7 @@ def outlier_scores(inv: Inventory, x: np.ndarray, k: int = DEFAULT_K, max_refere
     median = np.full(len(rows), np.nan)
     centroids = np.zeros((num_classes, x.shape[1]), dtype=np.float32)
     sampled = []
-    with progress_bar(len(rows), "outliers", progress, unit="img") as bar:
+    with progress_bar(len(rows), "outliers", progress, unit="img", unit_scale=True) as bar:
         for c in np.unique(labels):
             units = np.flatnonzero(labels == c)
             members = rows[units]  # distinct rows (units are unique per (row, label))
@@ -157,7 +158,8 @@ def rank_outliers(inv: Inventory, out: str | Path | None = None, k: int = DEFAUL
                         _num(s.class_median[u]), other_name, float(s.own_centroid[u]), other_sim,
                         int(s.files[u]), str(inv.split[s.rows[u]]), str(c.keys[s.rows[u]]), also.get(int(u), "")))
     out_path = Path(out) if out is not None else default_report_path(c, "outliers.csv")
-    write_csv(out_path, HEADER, records)
+    write_csv(out_path, HEADER, records, images_root=c.images_root)
+    shown = write_report_gallery("outliers", out_path, c)
     warnings = []
     lonely = int(np.sum(~np.isfinite(s.distance)))
     if lonely:
@@ -169,7 +171,7 @@ def rank_outliers(inv: Inventory, out: str | Path | None = None, k: int = DEFAUL
         cache=str(c.path), images=len(records), classes=int(np.sum(np.bincount(s.labels) > 0)), k=k,
         max_reference=max_reference, sampled_classes=s.sampled_classes,
         top=[dict(zip(HEADER, r)) for r in records[:top]], out=str(out_path),
-        seconds=time.perf_counter() - started, warnings=warnings,
+        seconds=time.perf_counter() - started, warnings=warnings, **shown,
     )
 
 

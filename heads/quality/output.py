@@ -14,15 +14,34 @@ from typing import Iterable, Sequence
 from headstart.embedder.atomic import atomic_path
 
 
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> int:
-    """Write ``header`` and ``rows``; floats get 6 significant digits. Returns the data rows written."""
+PATH_COLUMNS = ("path", "path_a", "path_b")
+
+
+def absolute_columns(header: Sequence[str]) -> list[str]:
+    """The columns :func:`write_csv` appends for ``images_root``: ``abs_<name>`` per path column."""
+    return [f"abs_{name}" for name in header if name in PATH_COLUMNS]
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence],
+              images_root: str | os.PathLike | None = None) -> int:
+    """Write ``header`` and ``rows``; floats get 6 significant digits. Returns the data rows written.
+
+    Paths in a cache are relative to its images root, which a CSV opened elsewhere cannot
+    know: given ``images_root``, each path column (``path``, ``path_a``, ``path_b``) gets an
+    ``abs_`` twin at the end, so every line opens as is; the existing columns stay first.
+    """
+    from headstart.heads.contact_sheet import Resolver
+
     count = 0
+    wanted = [k for k, name in enumerate(header) if name in PATH_COLUMNS] if images_root is not None else []
+    resolve = Resolver(images_root)
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(header)
+            writer.writerow(list(header) + (absolute_columns(header) if wanted else []))
             for row in rows:
-                writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+                values = [f"{v:.6g}" if isinstance(v, float) else v for v in row]
+                writer.writerow(values + [resolve(values[k]) for k in wanted])
                 count += 1
     return count
 
@@ -58,3 +77,13 @@ def read_flagged_paths(path: str | os.PathLike, limit: int | None) -> list[str]:
                 break
             found.extend(record[c] for c in columns if record.get(c))
     return found
+
+
+def write_report_gallery(kind: str, csv_path: str | os.PathLike, cache) -> dict:
+    """The gallery of a report's CSV, beside it; returns the report's ``images_root``,
+    ``gallery`` and ``gallery_note`` fields."""
+    from headstart.heads.gallery import write_gallery
+
+    root = str(cache.images_root)
+    result = write_gallery(kind, csv_path, root, title=Path(str(cache.path)).name)
+    return {"images_root": root, "gallery": result.path, "gallery_note": result.note}
