@@ -189,15 +189,20 @@ def embed_info(
     cache: Optional[str] = typer.Argument(None, help="Cache file; default: the newest under ./cache/."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """What a cache holds: fingerprint, counts per class and split, failures, size."""
+    """What a cache holds: fingerprint, counts per class and split, failures, size.
+
+    Exit 1 when rows hold NaN/inf features (rerun embed run to embed them again).
+    """
     from headstart.embedder.cache import latest_cache
+    from headstart.embedder.errors import EXIT_ATTENTION
     from headstart.embedder.info import cache_info
 
     path = cache or latest_cache()
     info = cache_info(path)
+    code = EXIT_ATTENTION if info["warnings"] else EXIT_OK
     if as_json:
         _emit_json(info)
-        return
+        raise typer.Exit(code)
     typer.echo(f"cache:       {info['path']} ({info['size_bytes'] / 1e6:.1f} MB on disk, format {info['format_version']})")
     typer.echo(f"backbone:    {info['fingerprint_text']}")
     typer.echo(f"images:      {info['images_root']} ({info['layout'] or 'layout unknown'})")
@@ -219,6 +224,9 @@ def embed_info(
             typer.echo(f"  {count:>6,}  {reason}")
     if info["pending_parts"]:
         typer.echo(f"\nunfinished: {info['pending_parts']} part files from an interrupted run; rerun embed to finish")
+    for warning in info["warnings"]:
+        _err(f"warning: {warning}")
+    raise typer.Exit(code)
 
 
 @embed_app.command("backbones")

@@ -23,7 +23,7 @@ names below are its public surface.
 """
 
 from ..errors import CacheError, CacheLockedError
-
+from .finite import NonFinite, describe_nonfinite, find_nonfinite, nonfinite_mask, require_finite_rows
 from .reader import Cache, latest_cache, open_cache, open_h5
 from .schema import (
     FORMAT_VERSION, REQUIRED_DATASETS, STORAGE_DTYPES, content_digest, library_versions, lock_path_for,
@@ -33,7 +33,7 @@ from .writer import CacheWriter, Failure, FileRecord, FinishResult, write_cache
 
 __all__ = [
     "FORMAT_VERSION", "REQUIRED_DATASETS", "STORAGE_DTYPES", "Cache", "CacheError", "CacheLockedError",
-    "CacheWriter", "Failure", "FileRecord", "FinishResult", "content_digest", 
-    "latest_cache", "library_versions", "lock_path_for", "open_cache", "open_h5", "parts_dir_for",
-"write_cache", "write_root_attrs", "write_tables",
+    "CacheWriter", "Failure", "FileRecord", "FinishResult", "NonFinite", "content_digest", "describe_nonfinite",
+    "find_nonfinite", "latest_cache", "library_versions", "lock_path_for", "nonfinite_mask", "open_cache", "open_h5",
+    "parts_dir_for", "require_finite_rows", "write_cache", "write_root_attrs", "write_tables",
 ]

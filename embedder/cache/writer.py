@@ -25,6 +25,7 @@ from ..errors import CacheError
 from ..fingerprint import Fingerprint, canonical_json, require_same
 from ..locking import FileLock
 from ..storage import location
+from .finite import find_nonfinite
 from .reader import Cache, open_cache, open_h5
 from .schema import (
     COPY_ROWS, PART_RE, STORAGE_DTYPES, VIEWS_PART_RE, content_digest, lock_path_for, now, parts_dir_for,
@@ -105,7 +106,8 @@ class CacheWriter:
         self._views_stamp: dict | None = None  # the views record of unfinished view parts
         self.views_record: dict | None = None  # set by set_views(); else the cache's own
         self._done_views: set[tuple[str, int]] = set()  # (key, view) in view parts
-        self._existing_views_done: np.ndarray | None = None
+        self._existing_views_done: np.ndarray | None = None  # less the views that hold NaN/inf
+        self._stale_rows = np.zeros(0, np.int64)  # rows of the finished cache holding NaN/inf
         self._existing_rows: dict[str, int] = {}
         self._next_part = 0
         self._dim: int | None = None
@@ -148,10 +150,16 @@ class CacheWriter:
                     f"{self.dtype}; pass --dtype {existing.feature_dtype} or a new --cache path"
                 )
             self._existing = existing
-            self.known_keys.update(str(k) for k in existing.keys)
+            # Rows and views holding NaN/inf are not known: the job embeds them again and
+            # consolidation replaces them (what `embed info` advises).
+            nonfinite = find_nonfinite(existing)
+            self._stale_rows = nonfinite.rows
+            stale_keys = {str(existing.keys[r]) for r in nonfinite.rows}
+            self.known_keys.update(str(k) for k in existing.keys if str(k) not in stale_keys)
             if existing.views:
                 with open_h5(existing.path) as h5:
                     self._existing_views_done = h5["embeddings/views_done"][...].astype(bool)
+                self._existing_views_done &= ~nonfinite.views
                 self._existing_rows = {str(k): i for i, k in enumerate(existing.keys)}
             if existing.num_rows:
                 self._dim = existing.dim
@@ -346,13 +354,14 @@ class CacheWriter:
             views = h5.create_dataset("embeddings/views", shape=(n, k, dim), dtype=self.dtype)
         if self._existing is not None and self._existing.views and n and dim:
             with h5py.File(self._existing.path, "r") as old:
-                src, old_done = old["embeddings/views"], old["embeddings/views_done"]
+                src = old["embeddings/views"]
                 k_old = min(k, src.shape[1])
                 block = max(1, COPY_ROWS // max(1, k_old))
                 for start in range(0, src.shape[0], block):
                     stop = min(start + block, src.shape[0])
                     views[start:stop, :k_old] = src[start:stop, :k_old]
-                done[: src.shape[0], :k_old] = old_done[:, :k_old]
+                # A view holding NaN/inf is not a view: done again below if a part has it.
+                done[: src.shape[0], :k_old] = self._existing_views_done[:, :k_old]
         for part in self._view_parts:
             pairs = [(key_to_row.get(key), int(v), i) for i, (key, v) in enumerate(zip(part.keys, part.views))]
             pairs = [(r, v, i) for r, v, i in pairs if r is not None and v < k]
@@ -436,6 +445,9 @@ class CacheWriter:
                             stop = min(start + COPY_ROWS, src.shape[0])
                             features[start:stop] = src[start:stop]
                         written[: src.shape[0]] = True
+                    written[self._stale_rows] = False  # NaN/inf: replaced by a part's row if one has it
+                stale = np.zeros(n, dtype=bool)
+                stale[self._stale_rows] = True
                 for part in self._parts:
                     if not part.keys:
                         continue
@@ -456,7 +468,7 @@ class CacheWriter:
                         for r, vec in zip(rows, block):
                             features[r] = vec
                     written[rows] = True
-                if not written.all():
+                if not (written | stale).all():  # a stale row no part replaced keeps its old values
                     raise CacheError("internal: consolidation left rows without features")
                 write_tables(h5, row_keys, key_to_row, files, classes, failures)
                 write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
