@@ -152,6 +152,8 @@ def cost(work: Path, rows: int) -> dict:
                      "near_pairs": r["report"]["near"]["pairs"], "join_s": r["report"]["method"]["seconds"],
                      "choice": r["report"]["threshold_choice"]}
     out["calibrated_over_given"] = round(out["calibrated"]["wall_s"] / out["given_0.9"]["wall_s"], 3)
+    # One process's own ratio: what calibrating costs next to the join it sets up.
+    out["calibration_over_join"] = round(out["calibrated"]["choice"]["seconds"] / out["calibrated"]["join_s"], 3)
     return out
 
 

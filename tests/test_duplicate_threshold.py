@@ -72,7 +72,8 @@ def test_calibration_barely_moves_when_near_copies_are_mixed_in():
     mixed = calibrate_threshold(np.concatenate([x, copies]), seed=0)  # 40% of the rows have a near-copy
     assert clean.source == mixed.source == "calibrated"
     assert abs(mixed.value - clean.value) < 0.01 and mixed.sample_near_copies > 50
-    assert calibrate_threshold(x, seed=0) == clean  # deterministic for a seed
+    again = calibrate_threshold(x, seed=0)  # deterministic for a seed
+    assert (again.value, again.nearest_median, again.nearest_p90) == (clean.value, clean.nearest_median, clean.nearest_p90)
 
 
 def test_small_caches_use_the_default_and_crowded_features_are_warned_about():

@@ -33,6 +33,7 @@ it gets :data:`DEFAULT_THRESHOLD`. ``--threshold`` overrides both.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -58,6 +59,7 @@ class ThresholdChoice:
     nearest_p90: float | None = None  # 90th percentile of the same (how close the closest typically get)
     sample_near_copies: int = 0  # sampled rows whose nearest neighbour is a near-copy (left out of the median)
     closer: float = CLOSER
+    seconds: float = 0.0  # time spent calibrating
     warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -118,6 +120,7 @@ def calibrate_threshold(x: np.ndarray, seed: int = 0, sample_rows: int = SAMPLE_
 
     Zero rows (similar to nothing) are left out of the sample. Deterministic given ``seed``.
     """
+    started = time.perf_counter()
     n = len(x)
     nonzero = np.flatnonzero(np.einsum("ij,ij->i", x, x) > 0) if n else np.zeros(0, np.int64)
     if len(nonzero) < MIN_ROWS:
@@ -129,7 +132,7 @@ def calibrate_threshold(x: np.ndarray, seed: int = 0, sample_rows: int = SAMPLE_
     value = float(np.clip(_rule(median), DEFAULT_THRESHOLD / 2, 1.0))
     choice = ThresholdChoice(value=round(value, 4), source="calibrated", sample_rows=len(rows),
                              nearest_median=round(median, 4), nearest_p90=round(float(np.quantile(nearest, 0.9)), 4),
-                             sample_near_copies=set_aside)
+                             sample_near_copies=set_aside, seconds=round(time.perf_counter() - started, 3))
     if median >= CROWDED:
         choice.warnings.append(
             f"half the sampled images have another image at cosine >= {median:.3f}: these features barely tell "
