@@ -13,7 +13,6 @@ Keras layers, so exported models load anywhere); output ``[B, D]`` after pooling
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackboneError, UsageError
+from .hashing import file_sha256
 
 POOLINGS = ("avg", "max", "flatten")
 PREPROCESS_LAYER_PREFIX = "headstart_preprocess"
@@ -141,14 +141,6 @@ class ResolvedBackbone:
             return _normalise(Path(self.config.backbone).stem)[:24] or "model"
         alpha = f"{self.config.alpha:g}" if self.spec.has_alpha and self.config.alpha else ""
         return _normalise(self.spec.name) + (f"-{alpha}" if alpha else "")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _keras_version() -> str:

@@ -19,13 +19,19 @@ REMOTE_WORKERS = 32
 _READ_BLOCK = 1 << 20
 
 
-def content_key(path: str | Path) -> str:
-    """The hex SHA-256 of the file's bytes (a URL's are streamed through tf.io.gfile)."""
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks (a URL's are streamed through
+    tf.io.gfile). The project's one file hash: image keys, weights files, model checksums."""
     digest = hashlib.sha256()
     with open_file(path, "rb") as fh:
         while block := fh.read(_READ_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def content_key(path: str | Path) -> str:
+    """An image's key (DESIGN.md, "Image identity"): the SHA-256 of its bytes."""
+    return file_sha256(path)
 
 
 def hash_files(

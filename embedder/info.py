@@ -1,4 +1,5 @@
-"""What a cache holds, for ``headstart embed info``: counts, failures, fingerprint, size."""
+"""What a cache holds, for ``headstart embed info``: counts, failures, fingerprint, size, and
+rows holding NaN/inf (``warnings``: what needs a look, one line each)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .cache import open_cache, parts_dir_for
+import numpy as np
+
+from .cache import describe_nonfinite, find_nonfinite, open_cache, parts_dir_for
 from .fingerprint import describe
 from .staging import pending_parts
 from .storage import is_url, location
@@ -24,6 +27,8 @@ def cache_info(path: str | Path) -> dict:
     parts = pending_parts(path) if is_url(path) else parts_dir_for(path)  # a URL's are on this machine
     pending = len(list(parts.glob("part-*.npz"))) + len(list(parts.glob("views-*.npz"))) if parts.is_dir() else 0
     versions = cache.attrs.get("versions")
+    nonfinite = find_nonfinite(cache)
+    bad_files = [str(p) for p in cache.paths[np.isin(cache.rows, nonfinite.rows)]] if len(nonfinite.rows) else []
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
@@ -49,5 +54,10 @@ def cache_info(path: str | Path) -> dict:
         ],
         "views": cache.views,
         "pending_parts": pending,
+        "nonfinite_rows": int(len(nonfinite.rows)),  # feature rows holding NaN/inf
+        "nonfinite_files": len(bad_files),
+        "nonfinite_examples": bad_files[:10],
+        "nonfinite_views": nonfinite.num_views,  # augmented views holding NaN/inf
+        "warnings": [describe_nonfinite(nonfinite)] if nonfinite else [],
         "versions": json.loads(versions) if isinstance(versions, str) else versions,
     }

@@ -34,8 +34,6 @@ a download on the next run (and of the unfinished parts of an interrupted one).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -46,7 +44,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .atomic import TMP_MARKER, atomic_path, write_text_atomic
-from .errors import CacheError, CacheLockedError
+from .errors import CacheError
+from .locking import FileLock
 from .storage import UrlPath, is_url, location, translated_errors
 
 STAGING_ENV = "HEADSTART_STAGING_DIR"
@@ -166,31 +165,10 @@ def _remove_stale_uploads(url: UrlPath) -> None:
                     entry.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _staging_lock(local: Path, url: UrlPath) -> Iterator[None]:
-    local.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(local.with_name(local.name + ".staging-lock"), "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            raise CacheLockedError(
-                f"cache {url} is being written by another headstart process on this machine (pid {holder}); "
-                f"wait for it to finish, or pass --cache to write elsewhere") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    finally:
-        fh.close()
+def _staging_lock(local: Path, url: UrlPath) -> FileLock:
+    return FileLock(local.with_name(local.name + ".staging-lock"), lambda holder: (
+        f"cache {url} is being written by another headstart process on this machine (pid {holder}); "
+        f"wait for it to finish, or pass --cache to write elsewhere"))
 
 
 # ------------------------------------------------------------------------------- writing

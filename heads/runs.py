@@ -12,7 +12,6 @@ either is complete or has no ``head.json``, and :func:`load_run` says which file
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 
 from headstart.embedder.atomic import TMP_MARKER, fsync_dir, write_text_atomic
 from headstart.embedder.errors import HeadstartError, UsageError
+from headstart.embedder.hashing import file_sha256
 
 RUN_META = "head.json"
 FORMAT_VERSION = 1
@@ -151,14 +151,6 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"run {path} is damaged: {model.name} does not match the checksum in {RUN_META}; "
                        f"retrain it or restore the file")
     return run
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(exc: BaseException) -> str:

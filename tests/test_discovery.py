@@ -122,3 +122,74 @@ def test_missing_manifest(tmp_path):
     save_image(tmp_path / "a.jpg", photo_like(np.random.default_rng(0), (32, 32)))
     with pytest.raises(UsageError, match="manifest not found"):
         discover(tmp_path, tmp_path / "nope.csv")
+
+
+# ------------------------------------------------------------------------ links and split names
+
+
+def test_a_symlink_loop_at_the_root_is_not_a_phantom_class(tmp_path):
+    """Issue 12 A6: root/zz -> root listed every image again under class 'zz', exit 0."""
+    root = tmp_path / "images"
+    make_class_folders(root, per_class=2)
+    (root / "zz").symlink_to(root)
+    (root / "cats" / "self").symlink_to(root / "cats")  # a loop inside a class, too
+    listing = discover(root)
+    assert listing.classes == ["cats", "dogs"] and listing.layout == "class-folders"
+    assert sorted(_by_path(listing)) == sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.jpg")
+                                               if not p.parent.is_symlink())
+    assert len(listing.files) == 4
+    assert len(listing.warnings) == 1
+    assert "zz" in listing.warnings[0] and "cats/self" in listing.warnings[0] and "loop" in listing.warnings[0]
+
+
+def test_links_are_followed_but_no_folder_is_listed_twice(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "outside"
+    make_class_folders(root, classes=("ants", "bees"), per_class=2)
+    make_class_folders(outside, classes=("wasps",), per_class=2)
+    (outside / "wasps" / "again").symlink_to(outside / "wasps")  # a loop outside the root
+    (root / "wasps").symlink_to(outside / "wasps")  # a class kept elsewhere: followed
+    (root / "wasps_too").symlink_to(outside / "wasps")  # the same folder a second time: skipped
+    (root / "ants" / "bees_link").symlink_to(root / "bees")  # met before bees/ itself: still bees'
+    one_bee = next((root / "bees").glob("*.jpg"))
+    (root / "ants" / "a_bee.jpg").symlink_to(one_bee)  # a link to a file is an image like any other
+    listing = discover(root)
+    files = _by_path(listing)
+    assert listing.classes == ["ants", "bees", "wasps"]
+    assert sum(1 for label, _ in files.values() if label == "wasps") == 2
+    assert all(label == "bees" for path, (label, _) in files.items() if "bee" in path and path != "ants/a_bee.jpg")
+    assert files["ants/a_bee.jpg"] == ("ants", "")
+    assert len(files) == 7 and not any("bees_link" in p or "wasps_too" in p or "again" in p for p in files)
+    text = " ".join(listing.warnings)
+    assert "wasps/again" in text and "loop" in text
+    assert "ants/bees_link" in text and "wasps_too" in text and "listed already" in text
+
+
+def test_valid_is_a_validation_split_in_any_case(tmp_path):
+    """Issue 12 B13: valid/ beside train/ became a class ('train 245 / valid 153')."""
+    make_class_folders(tmp_path, per_class=2, split="train")
+    make_class_folders(tmp_path, per_class=1, split="Valid", seed=1)
+    listing = discover(tmp_path)
+    assert listing.layout == "split-folders" and listing.classes == ["cats", "dogs"]
+    splits = [f.split for f in listing.files]
+    assert splits.count("train") == 4 and splits.count("val") == 2
+    assert listing.warnings == []
+
+
+def test_class_folders_named_like_splits_are_warned_about(tmp_path):
+    make_class_folders(tmp_path, classes=("cats", "dogs"), per_class=1)
+    make_class_folders(tmp_path, classes=("val",), per_class=1, seed=1)
+    listing = discover(tmp_path)
+    assert listing.layout == "class-folders" and "val" in listing.classes
+    assert len(listing.warnings) == 1 and "val/" in listing.warnings[0] and "cats/" in listing.warnings[0]
+
+    both = tmp_path / "both"  # val/ and valid/ name the same split: not a split layout
+    make_class_folders(both, per_class=1, split="val")
+    make_class_folders(both, per_class=1, split="valid", seed=1)
+    listing = discover(both)
+    assert listing.layout == "class-folders" and "name the same split" in listing.warnings[0]
+
+    nested = tmp_path / "nested"
+    make_class_folders(nested, classes=("test", "dogs"), per_class=1, split="train")
+    make_class_folders(nested, classes=("test", "dogs"), per_class=1, split="val", seed=1)
+    listing = discover(nested)
+    assert listing.layout == "split-folders" and "test/" in listing.warnings[0]

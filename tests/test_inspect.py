@@ -137,9 +137,11 @@ def test_duplicates_exact_conflict_near_and_leakage(dup_cache, tmp_path, run_cli
     assert code_q == 1 and stdout_q == ""
     assert "leakage:" in err_q and "conflicts:" in err_q and len(err_q.strip().splitlines()) == 2
 
-    # Near pairs: exactly the brute-force set (by key), which includes every planted pair.
+    # Near pairs: exactly the brute-force set (by key) at the (calibrated) threshold, which
+    # includes every planted pair.
     u = unit(open_cache(dup_cache["path"]).load_features())
-    i, j = np.nonzero(np.triu(u @ u.T >= 0.9, k=1))
+    assert report["threshold_choice"]["source"] == "calibrated"
+    i, j = np.nonzero(np.triu(u @ u.T >= report["threshold"], k=1))
     keys = dup_cache["keys"]
     expected = {frozenset((keys[a], keys[b])) for a, b in zip(i, j)}
     near = {frozenset((r["key_a"], r["key_b"])): r for r in rows if r["kind"] == "near"}

@@ -189,20 +189,6 @@ def test_an_unknown_layer_on_an_existing_cache_is_named(tmp_path, run_cli, tiny_
     assert "fingerprint mismatch" not in err
 
 
-def test_duplicate_counts_agree_with_embed_info(tmp_path, run_cli, tiny_model_file):
-    images = tmp_path / "imgs"
-    make_class_folders(images, per_class=3)
-    shutil.copy(images / "cats" / "cats_0_0.jpg", images / "dogs" / "copy_of_a_cat.jpg")
-    shutil.copy(images / "cats" / "cats_0_1.jpg", images / "cats" / "again.jpg")
-    (images / "cats" / "broken.jpg").write_bytes(b"not an image")
-    (images / "dogs" / "broken_too.jpg").write_bytes(b"not an image")  # the same bad bytes twice
-    code, report, _ = _embed(run_cli, images, tiny_model_file, tmp_path / "c.h5")
-    assert code == 1
-    code, out, _ = run_cli("embed", "info", tmp_path / "c.h5", "--json")
-    assert code == 0
-    assert report["duplicates"] == json.loads(out)["duplicate_files"] == 2
-
-
 def test_os_errors_are_bad_input_with_the_path_not_internal_errors(tmp_path, run_cli, tiny_model_file):
     images = tmp_path / "imgs"
     make_class_folders(images, per_class=2)

@@ -7,6 +7,8 @@ be shown, in the galleries):
   ``head train`` will use) and loads the features as unit vectors;
 * :mod:`.similarity` finds every pair of rows above a cosine threshold, exactly, without an
   ``N x N`` matrix (a PCA bound prunes, full-dimension products verify);
+* :mod:`.threshold` calibrates that threshold for ``duplicates`` on each cache's own
+  nearest-neighbour distances;
 * :mod:`.duplicates`, :mod:`.label_errors`, :mod:`.outliers` and :mod:`.projection` are the
   four reports; :mod:`.output` writes their CSV/PNG files crash-safely, each CSV with its
   gallery beside it (:mod:`heads.gallery`: the images, from the cache's images root);

@@ -16,9 +16,9 @@ def inspect_duplicates(cache: str | os.PathLike | None = None, cache_dir: str | 
                        threshold: float | None = None, val_fraction: float = 0.2, seed: int = 0,
                        out: str | Path | None = None, max_pairs: int | None = None, progress: bool = False,
                        log: Log = quiet):
-    from .duplicates import DEFAULT_MAX_PAIRS, DEFAULT_THRESHOLD, check_threshold, find_duplicates
+    from .duplicates import DEFAULT_MAX_PAIRS, check_threshold, find_duplicates
 
-    threshold = check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)  # before any reading
+    threshold = None if threshold is None else check_threshold(threshold)  # before any reading; None: calibrated
     inv = open_inventory(cache, cache_dir, val_fraction, seed, log)
     return find_duplicates(inv, threshold, out, DEFAULT_MAX_PAIRS if max_pairs is None else max_pairs, progress)
 

@@ -12,12 +12,10 @@ and -- the one that silently inflates a validation score -- near-copies on both 
   hash rule with the same ``--val-fraction`` and ``--seed``): the model is validated (or
   tested) on a near-copy of a training image.
 
-Default threshold 0.90, measured (``benchmarks/inspect_scale.py --threshold-study``) with
-MobileNetV2 (1.0, ImageNet) on the 396 hymenoptera photos and edited copies of each: no two
-distinct photos reach 0.87 (the closest pair: 0.860), while at 0.90 the report finds 97% of
-JPEG re-encodes at quality 40, 99.7% of +20% brightness, 91% of mirror images and 87% of 5%
-crops. Half-size copies (median 0.84) and 25% crops (0.86) mostly stay below: as similar
-as distinct photos of the same subject get, which no threshold can separate.
+The threshold is calibrated on each cache's own features (:mod:`.threshold`: a pair is
+near when it is 3x closer than a typical image is to its nearest other image), because how
+close distinct photos get depends on the backbone, the images and their number; the report
+says how it was chosen. ``--threshold`` overrides it.
 """
 
 from __future__ import annotations
@@ -35,8 +33,8 @@ from .inventory import Inventory, default_report_path, unit_features
 from .output import write_csv, write_report_gallery
 from .report import QualityReport
 from .similarity import JoinStats, similar_pairs
+from .threshold import ThresholdChoice, calibrate_threshold, given_threshold
 
-DEFAULT_THRESHOLD = 0.90
 DEFAULT_MAX_PAIRS = 100_000  # CSV lines; every pair is still counted
 # Near-copies are rare: when more than this share of all pairs is "near", the features (not
 # the images) are the story, and the report says so.
@@ -57,6 +55,7 @@ class DuplicatesReport(QualityReport):
     rows: int
     files: int
     threshold: float
+    threshold_choice: dict  # how the threshold was chosen (ThresholdChoice.to_dict())
     splits: dict
     exact: dict
     conflicts: dict
@@ -198,24 +197,30 @@ def _exact_records(inv: Inventory, group: np.ndarray) -> tuple[list[tuple], dict
     return records, exact, conflicts
 
 
-def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: str | Path | None = None,
+def find_duplicates(inv: Inventory, threshold: float | None = None, out: str | Path | None = None,
                     max_pairs: int = DEFAULT_MAX_PAIRS, progress: bool = False) -> DuplicatesReport:
-    """Run every check and write the CSV (worst first, at most ``max_pairs`` lines)."""
+    """Run every check and write the CSV (worst first, at most ``max_pairs`` lines).
+
+    ``threshold`` None: calibrated on the cache's features (:func:`.threshold.calibrate_threshold`).
+    """
     started = time.perf_counter()
-    threshold = check_threshold(threshold)
+    given = None if threshold is None else check_threshold(threshold)
     if max_pairs < 0:
         raise UsageError(f"--max-pairs must be 0 or more, got {max_pairs}")
     out_path = Path(out) if out is not None else default_report_path(inv.cache, "duplicates.csv")
     features = unit_features(inv.cache)
+    choice: ThresholdChoice = given_threshold(given) if given is not None else calibrate_threshold(features, inv.seed)
+    threshold = choice.value
     store = _PairStore(inv)
 
     def refuse_explosion(stats: JoinStats) -> None:
         if stats.estimated_pairs > MAX_EXPECTED_PAIRS:
             n = inv.num_rows
             share = stats.estimated_pairs / max(n * (n - 1) / 2, 1)
-            raise UsageError(f"--threshold {threshold:g} would match about {stats.estimated_pairs:.2g} pairs "
+            which = "--threshold" if choice.source == "given" else f"the {choice.source} threshold"
+            raise UsageError(f"{which} {threshold:g} would match about {stats.estimated_pairs:.2g} pairs "
                              f"({share:.0%} of all pairs of {n:,} images): that is similarity, not duplication; "
-                             f"raise --threshold (default {DEFAULT_THRESHOLD})")
+                             f"raise --threshold")
 
     with progress_bar(0, "near-duplicates", progress, unit="pair", unit_scale=True) as bar:
         stats = similar_pairs(features, threshold, store, seed=inv.seed, progress=bar, check_estimate=refuse_explosion)
@@ -258,7 +263,7 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
     in_groups = group[group > 0]
     sizes = np.bincount(in_groups) if len(in_groups) else np.zeros(1, np.int64)
     near_rows = np.unique(np.concatenate([i, j])) if len(i) else np.zeros(0, np.int64)
-    warnings = []
+    warnings = list(choice.warnings)
     if store.dropped:
         warnings.append(f"{store.total:,} near pairs found; only the first {store.kept:,} (and every leaking pair) "
                         f"were kept for the CSV and groups; raise --threshold to see them all")
@@ -277,6 +282,7 @@ def find_duplicates(inv: Inventory, threshold: float = DEFAULT_THRESHOLD, out: s
         rows=inv.num_rows,
         files=int(len(inv.cache.paths)),
         threshold=threshold,
+        threshold_choice=choice.to_dict(),
         splits={"source": inv.split_source, "val_fraction": inv.val_fraction, "seed": inv.seed},
         exact=exact,
         conflicts=conflicts,

@@ -1,318 +1,38 @@
-"""The HDF5 embedding cache: the contract between the embedding stage and everything after.
+"""Writing a cache crash-safely: part files while embedding, one consolidation at the end.
 
-Schema (DESIGN.md; ``format_version`` 1)::
-
-    /embeddings/features  [N, D] float16|float32, chunked by rows
-    /embeddings/keys      [N]    str   content hash of each row
-    /files/paths          [M]    str   every image file, relative to the images root
-    /files/rows           [M]    int   its row in /embeddings
-    /files/labels         [M]    int   index into /classes, -1 if unlabeled
-    /files/splits         [M]    str   train/val/test, or '' when the layout gives none
-    /classes              [C]    str   class names, sorted
-    /failures/paths, /failures/reasons   [F] str   files that could not be used, and why
-    /failures/keys        [F]    str   (extra) their content keys, '' if unreadable
-    /embeddings/views     [N, K, D]    (extra, ``embed run --views K``) augmented views per row
-    /embeddings/views_done [N, K] bool (extra) which views exist (a row whose file is gone
-                                       from the folder cannot get new ones)
-    root attributes: format_version, fingerprint (JSON), images_root, created, versions, ...
-
-Crash safety. A writer never modifies a finished cache file in place. While it works, each
-completed batch becomes a *part file* in ``<cache>.parts/`` (temporary name, fsync, atomic
-rename); at the end all rows are consolidated into a new file that atomically replaces the
-old one, and only then are the parts removed. After ``kill -9`` at any instant a reader
-still sees the previous complete cache (or none), and a rerun finds the finished parts and
-embeds only what is missing. One writer at a time: a second one fails clearly (flock).
+A writer never modifies a finished cache file in place. While it works, each completed
+batch becomes a *part file* in ``<cache>.parts/`` (temporary name, fsync, atomic rename); at
+the end all rows are consolidated into a new file that atomically replaces the old one, and
+only then are the parts removed. After ``kill -9`` at any instant a reader still sees the
+previous complete cache (or none), and a rerun finds the finished parts and embeds only
+what is missing. One writer at a time: a second one fails clearly (:mod:`embedder.locking`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import errno
-import fcntl
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_path, fsync_dir, remove_stale_temps, write_text_atomic
-from .errors import CacheError, CacheLockedError
-from .fingerprint import Fingerprint, canonical_json, describe, require_same
-from .storage import is_url, location
-
-FORMAT_VERSION = 1
-STORAGE_DTYPES = ("float16", "float32")
-_CHUNK_BYTES = 1 << 20
-_COPY_ROWS = 16384
-_PART_RE = re.compile(r"^part-(\d{6,})\.npz$")
-_VIEWS_PART_RE = re.compile(r"^views-(\d{6,})\.npz$")
-
-_STR = h5py.string_dtype("utf-8")
-
-
-# --------------------------------------------------------------------------------------
-# Reading
-
-
-@dataclass
-class Cache:
-    """A finished cache: all metadata in memory, features read on demand (they can be big)."""
-
-    path: Path
-    fingerprint: dict
-    attrs: dict
-    keys: np.ndarray  # [N] str
-    paths: np.ndarray  # [M] str
-    rows: np.ndarray  # [M] int64
-    labels: np.ndarray  # [M] int64
-    splits: np.ndarray  # [M] str
-    classes: list[str]
-    failure_paths: list[str]
-    failure_reasons: list[str]
-    feature_shape: tuple[int, int]
-    feature_dtype: str
-    views: dict | None = None  # {count, seed, augmentation} when the cache holds augmented views
-    # Where the bytes are read from: for a cache at a URL, the local copy it was opened from,
-    # so later reads neither ask the URL again nor mix versions if it changes meanwhile.
-    source: Path | None = None
-
-    @property
-    def _file(self) -> Path:
-        return self.source or self.path
-
-    @property
-    def images_root(self) -> Path:
-        return location(self.attrs.get("images_root", "."))
-
-    @property
-    def num_rows(self) -> int:
-        return self.feature_shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.feature_shape[1]
-
-    def load_features(self, dtype: str = "float32") -> np.ndarray:
-        """All rows at once: a contiguous read is ~10x faster than h5py fancy indexing."""
-        with _open_h5(self._file) as h5:
-            data = h5["embeddings/features"][...]
-        return data.astype(dtype, copy=False)
-
-    def read_rows(self, rows: np.ndarray, dtype: str = "float32") -> np.ndarray:
-        """Features of some rows, in the order given. Reads everything and indexes in numpy
-        unless the rows are a small fraction (h5py fancy indexing is ~10x slower per row)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) * 10 >= self.num_rows:
-            return self.load_features(dtype)[rows]
-        unique, inverse = np.unique(rows, return_inverse=True)
-        with _open_h5(self._file) as h5:
-            block = h5["embeddings/features"][unique]
-        return block[inverse].astype(dtype, copy=False)
-
-    def file_features(self, dtype: str = "float32") -> np.ndarray:
-        """One feature row per file (``[M, D]``), in the order of :attr:`paths`."""
-        return self.load_features(dtype)[self.rows]
-
-    @property
-    def num_views(self) -> int:
-        return int(self.views["count"]) if self.views else 0
-
-    def load_views(self, rows: np.ndarray, limit: int | None = None,
-                   dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-        """Augmented views of some rows: ``[len(rows), K, D]`` and which exist ``[len(rows), K]``.
-
-        ``limit`` keeps the first views only (views are independent draws, so the first four
-        of eight are exactly what a ``--views 4`` run would have made). Read in row blocks, so
-        the float16 -> float32 copy never doubles the whole array in memory.
-        """
-        if not self.num_views:
-            raise CacheError(f"cache {self.path} holds no augmented views; run `headstart embed run ... --views K`")
-        k = self.num_views if limit is None else max(0, min(int(limit), self.num_views))
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), k, self.dim), dtype=dtype)
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        with _open_h5(self._file) as h5:
-            views, done = h5["embeddings/views"], h5["embeddings/views_done"]
-            done_all = done[:, :k].astype(bool)
-            block = max(1, _COPY_ROWS // max(1, k))
-            if len(rows):  # one pass over the wanted range, a block of rows at a time
-                for lo in range(int(sorted_rows[0]), int(sorted_rows[-1]) + 1, block):
-                    a, b = np.searchsorted(sorted_rows, [lo, lo + block])
-                    if a < b:
-                        chunk = views[lo:min(lo + block, self.num_rows), :k]
-                        out[order[a:b]] = chunk[sorted_rows[a:b] - lo]
-        return out, done_all[rows]
-
-
-@contextlib.contextmanager
-def _open_h5(path: Path) -> Iterator[h5py.File]:
-    if is_url(path):  # a cache at a URL is read from a local copy of its current version
-        from .staging import local_copy
-
-        path = local_copy(path)
-    try:
-        h5 = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise CacheError(f"cache not found: {path}") from None
-    except OSError as exc:
-        raise CacheError(f"cannot read cache {path}: not an HDF5 file or damaged ({_first_line(exc)})") from None
-    try:
-        yield h5
-    finally:
-        h5.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _str_array(dataset: h5py.Dataset) -> np.ndarray:
-    return np.asarray(dataset.asstr()[...], dtype=object)
-
-
-REQUIRED_DATASETS = (
-    "embeddings/features",
-    "embeddings/keys",
-    "files/paths",
-    "files/rows",
-    "files/labels",
-    "files/splits",
-    "classes",
-    "failures/paths",
-    "failures/reasons",
+from ..atomic import atomic_path, fsync_dir, remove_stale_temps, write_text_atomic
+from ..errors import CacheError
+from ..fingerprint import Fingerprint, canonical_json, require_same
+from ..locking import FileLock
+from ..storage import location
+from .finite import find_nonfinite
+from .reader import Cache, open_cache, open_h5
+from .schema import (
+    COPY_ROWS, PART_RE, STORAGE_DTYPES, VIEWS_PART_RE, content_digest, lock_path_for, now, parts_dir_for,
+    write_root_attrs, write_tables,
 )
 
-
-def open_cache(path: str | os.PathLike) -> Cache:
-    """Read a finished cache's metadata; raise CacheError with what to do if it isn't one.
-
-    A cache at a URL is read from a local copy (:func:`embedder.staging.local_copy`); its
-    ``path`` stays the URL.
-    """
-    if is_url(path):
-        from .staging import local_copy
-
-        local = local_copy(path)
-        cache = open_cache(local)
-        cache.path, cache.source = location(path), local
-        return cache
-    path = Path(path)
-    if not path.exists():
-        parts = parts_dir_for(path)
-        if parts.is_dir() and any(_PART_RE.match(p.name) for p in parts.iterdir()):
-            raise CacheError(
-                f"cache {path} is unfinished: an interrupted `headstart embed run` left parts in "
-                f"{parts}; rerun the same command to resume it"
-            )
-        raise CacheError(f"cache not found: {path}")
-    with _open_h5(path) as h5:
-        version = h5.attrs.get("format_version")
-        if version is None:
-            raise CacheError(f"{path} is not a headstart cache (no format_version attribute)")
-        if int(version) > FORMAT_VERSION:
-            raise CacheError(
-                f"{path} has cache format {int(version)}, newer than this headstart understands "
-                f"({FORMAT_VERSION}); upgrade headstart"
-            )
-        missing = [name for name in REQUIRED_DATASETS if name not in h5]
-        if missing:
-            raise CacheError(f"{path} is not a complete headstart cache (missing /{missing[0]})")
-        attrs = {k: _attr_value(v) for k, v in h5.attrs.items()}
-        try:
-            fingerprint = json.loads(attrs["fingerprint"])
-        except (KeyError, TypeError, ValueError):
-            raise CacheError(f"{path} has no readable fingerprint attribute") from None
-        features = h5["embeddings/features"]
-        if features.ndim != 2:
-            raise CacheError(f"{path}: /embeddings/features must be 2-D, is {features.shape}")
-        failure_keys = h5["failures/keys"] if "failures/keys" in h5 else None
-        cache = Cache(
-            path=path,
-            fingerprint=fingerprint,
-            attrs=attrs,
-            keys=_str_array(h5["embeddings/keys"]),
-            paths=_str_array(h5["files/paths"]),
-            rows=h5["files/rows"][...].astype(np.int64),
-            labels=h5["files/labels"][...].astype(np.int64),
-            splits=_str_array(h5["files/splits"]),
-            classes=[str(c) for c in _str_array(h5["classes"])],
-            failure_paths=[str(p) for p in _str_array(h5["failures/paths"])],
-            failure_reasons=[str(r) for r in _str_array(h5["failures/reasons"])],
-            feature_shape=(int(features.shape[0]), int(features.shape[1])),
-            feature_dtype=str(features.dtype),
-        )
-        cache.attrs["_failure_keys"] = [] if failure_keys is None else [str(k) for k in _str_array(failure_keys)]
-        cache.views = _views_record(path, attrs, h5, cache.feature_shape)
-    _check_consistency(cache)
-    return cache
-
-
-def _views_record(path: Path, attrs: dict, h5: h5py.File, feature_shape: tuple[int, int]) -> dict | None:
-    if "views" not in attrs:
-        return None
-    try:
-        record = json.loads(attrs["views"])
-        count = int(record["count"])
-    except (TypeError, ValueError, KeyError):
-        raise CacheError(f"{path} has an unreadable 'views' attribute") from None
-    views = h5.get("embeddings/views")
-    done = h5.get("embeddings/views_done")
-    expected = (feature_shape[0], count, feature_shape[1])
-    if views is None or done is None or tuple(views.shape) != expected or tuple(done.shape) != expected[:2]:
-        raise CacheError(f"{path}: /embeddings/views does not match its 'views' attribute ({expected})")
-    return record
-
-
-def _check_consistency(cache: Cache) -> None:
-    n, m = cache.num_rows, len(cache.paths)
-    if len(cache.keys) != n:
-        raise CacheError(f"{cache.path}: {len(cache.keys)} keys for {n} feature rows")
-    if not (len(cache.rows) == len(cache.labels) == len(cache.splits) == m):
-        raise CacheError(f"{cache.path}: /files datasets have different lengths")
-    if m and (cache.rows.min() < 0 or cache.rows.max() >= n):
-        raise CacheError(f"{cache.path}: /files/rows points outside /embeddings")
-    if m and (cache.labels.min() < -1 or cache.labels.max() >= len(cache.classes)):
-        raise CacheError(f"{cache.path}: /files/labels points outside /classes")
-
-
-def _attr_value(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def latest_cache(folder: str | os.PathLike = "cache") -> Path:
-    """The most recently written finished cache in ``folder`` (the CLI's default)."""
-    folder = location(folder)  # a URL folder is listed with tf.io.gfile
-    candidates = [p for p in folder.glob("*.h5") if p.is_file()] if folder.is_dir() else []
-    if not candidates:
-        raise CacheError(
-            f"no cache found under {folder}/; run `headstart embed run IMAGES` first, or pass --cache PATH"
-        )
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
-
-
-# --------------------------------------------------------------------------------------
-# Writing
-
-
-def parts_dir_for(cache_path: Path) -> Path:
-    return cache_path.with_name(cache_path.name + ".parts")
-
-
-def lock_path_for(cache_path: Path) -> Path:
-    return cache_path.with_name(cache_path.name + ".lock")
+_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -355,6 +75,7 @@ class _ViewPart:
     views: np.ndarray  # [E] view index of each entry
 
 
+
 class CacheWriter:
     """Adds rows to a cache crash-safely; use as a context manager (it holds the lock).
 
@@ -378,14 +99,15 @@ class CacheWriter:
         self.dtype = dtype
         self.extra_attrs = dict(extra_attrs or {})
         self.parts_dir = parts_dir_for(self.path)
-        self._lock_fh = None
+        self._lock: FileLock | None = None
         self._existing: Cache | None = None
         self._parts: list[_Part] = []
         self._view_parts: list[_ViewPart] = []
         self._views_stamp: dict | None = None  # the views record of unfinished view parts
         self.views_record: dict | None = None  # set by set_views(); else the cache's own
         self._done_views: set[tuple[str, int]] = set()  # (key, view) in view parts
-        self._existing_views_done: np.ndarray | None = None
+        self._existing_views_done: np.ndarray | None = None  # less the views that hold NaN/inf
+        self._stale_rows = np.zeros(0, np.int64)  # rows of the finished cache holding NaN/inf
         self._existing_rows: dict[str, int] = {}
         self._next_part = 0
         self._dim: int | None = None
@@ -408,32 +130,14 @@ class CacheWriter:
         self._release_lock()
 
     def _acquire_lock(self) -> None:
-        lock_file = lock_path_for(self.path)
-        fh = open(lock_file, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                fh.close()
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise CacheLockedError(
-                f"cache {self.path} is being written by another headstart process (pid {holder}); "
-                f"wait for it to finish, or pass --cache to write elsewhere"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._lock_fh = fh
+        self._lock = FileLock(lock_path_for(self.path), lambda holder: (
+            f"cache {self.path} is being written by another headstart process (pid {holder}); "
+            f"wait for it to finish, or pass --cache to write elsewhere")).acquire()
 
     def _release_lock(self) -> None:
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _load_state(self) -> None:
         remove_stale_temps(self.path.parent, stem=self.path.name)
@@ -446,10 +150,16 @@ class CacheWriter:
                     f"{self.dtype}; pass --dtype {existing.feature_dtype} or a new --cache path"
                 )
             self._existing = existing
-            self.known_keys.update(str(k) for k in existing.keys)
+            # Rows and views holding NaN/inf are not known: the job embeds them again and
+            # consolidation replaces them (what `embed info` advises).
+            nonfinite = find_nonfinite(existing)
+            self._stale_rows = nonfinite.rows
+            stale_keys = {str(existing.keys[r]) for r in nonfinite.rows}
+            self.known_keys.update(str(k) for k in existing.keys if str(k) not in stale_keys)
             if existing.views:
-                with _open_h5(existing.path) as h5:
+                with open_h5(existing.path) as h5:
                     self._existing_views_done = h5["embeddings/views_done"][...].astype(bool)
+                self._existing_views_done &= ~nonfinite.views
                 self._existing_rows = {str(k): i for i, k in enumerate(existing.keys)}
             if existing.num_rows:
                 self._dim = existing.dim
@@ -466,7 +176,7 @@ class CacheWriter:
             if views_stamp.exists():
                 self._views_stamp = json.loads(views_stamp.read_text())
             for entry in sorted(self.parts_dir.iterdir()):
-                view_match = _VIEWS_PART_RE.match(entry.name)
+                view_match = VIEWS_PART_RE.match(entry.name)
                 if view_match:
                     self._next_part = max(self._next_part, int(view_match.group(1)) + 1)
                     view_part = self._read_view_part_index(entry)
@@ -474,7 +184,7 @@ class CacheWriter:
                         self._view_parts.append(view_part)
                         self._done_views.update(zip(view_part.keys, view_part.views.tolist()))
                     continue
-                match = _PART_RE.match(entry.name)
+                match = PART_RE.match(entry.name)
                 if not match:
                     continue
                 self._next_part = max(self._next_part, int(match.group(1)) + 1)
@@ -644,13 +354,14 @@ class CacheWriter:
             views = h5.create_dataset("embeddings/views", shape=(n, k, dim), dtype=self.dtype)
         if self._existing is not None and self._existing.views and n and dim:
             with h5py.File(self._existing.path, "r") as old:
-                src, old_done = old["embeddings/views"], old["embeddings/views_done"]
+                src = old["embeddings/views"]
                 k_old = min(k, src.shape[1])
-                block = max(1, _COPY_ROWS // max(1, k_old))
+                block = max(1, COPY_ROWS // max(1, k_old))
                 for start in range(0, src.shape[0], block):
                     stop = min(start + block, src.shape[0])
                     views[start:stop, :k_old] = src[start:stop, :k_old]
-                done[: src.shape[0], :k_old] = old_done[:, :k_old]
+                # A view holding NaN/inf is not a view: done again below if a part has it.
+                done[: src.shape[0], :k_old] = self._existing_views_done[:, :k_old]
         for part in self._view_parts:
             pairs = [(key_to_row.get(key), int(v), i) for i, (key, v) in enumerate(zip(part.keys, part.views))]
             pairs = [(r, v, i) for r, v, i in pairs if r is not None and v < k]
@@ -730,10 +441,13 @@ class CacheWriter:
                 if self._existing is not None and self._existing.num_rows:
                     with h5py.File(self._existing.path, "r") as old:
                         src = old["embeddings/features"]
-                        for start in range(0, src.shape[0], _COPY_ROWS):
-                            stop = min(start + _COPY_ROWS, src.shape[0])
+                        for start in range(0, src.shape[0], COPY_ROWS):
+                            stop = min(start + COPY_ROWS, src.shape[0])
                             features[start:stop] = src[start:stop]
                         written[: src.shape[0]] = True
+                    written[self._stale_rows] = False  # NaN/inf: replaced by a part's row if one has it
+                stale = np.zeros(n, dtype=bool)
+                stale[self._stale_rows] = True
                 for part in self._parts:
                     if not part.keys:
                         continue
@@ -754,7 +468,7 @@ class CacheWriter:
                         for r, vec in zip(rows, block):
                             features[r] = vec
                     written[rows] = True
-                if not written.all():
+                if not (written | stale).all():  # a stale row no part replaced keeps its old values
                     raise CacheError("internal: consolidation left rows without features")
                 write_tables(h5, row_keys, key_to_row, files, classes, failures)
                 write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
@@ -765,7 +479,7 @@ class CacheWriter:
     def _created(self) -> str:
         if self._existing is not None and self._existing.attrs.get("created"):
             return str(self._existing.attrs["created"])
-        return _now()
+        return now()
 
     def _drop_parts(self) -> None:
         if not self.parts_dir.is_dir():
@@ -778,77 +492,12 @@ class CacheWriter:
         self._parts = []
 
 
-def write_tables(h5: h5py.File, row_keys: Sequence[str], key_to_row: Mapping[str, int],
-                 files: Sequence[FileRecord], classes: Sequence[str], failures: Sequence[Failure]) -> None:
-    """Everything of the schema but /embeddings/features."""
-
-    def strings(values) -> np.ndarray:
-        return np.asarray(list(values), dtype=object)
-
-    h5.create_dataset("embeddings/keys", data=strings(row_keys), dtype=_STR)
-    h5.create_dataset("files/paths", data=strings(f.path for f in files), dtype=_STR)
-    h5.create_dataset("files/rows", data=np.asarray([key_to_row[f.key] for f in files], dtype=np.int64))
-    h5.create_dataset("files/labels", data=np.asarray([f.label for f in files], dtype=np.int64))
-    h5.create_dataset("files/splits", data=strings(f.split for f in files), dtype=_STR)
-    h5.create_dataset("classes", data=strings(classes), dtype=_STR)
-    h5.create_dataset("failures/paths", data=strings(f.path for f in failures), dtype=_STR)
-    h5.create_dataset("failures/reasons", data=strings(f.reason for f in failures), dtype=_STR)
-    h5.create_dataset("failures/keys", data=strings(f.key for f in failures), dtype=_STR)
-
-
-def write_root_attrs(h5: h5py.File, fingerprint: Fingerprint, dtype: str, images_root: str, digest: str,
-                     created: str, extra: Mapping[str, object]) -> None:
-    attrs = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": canonical_json(fingerprint),
-        "fingerprint_text": describe(fingerprint),
-        "images_root": images_root,
-        "created": created,
-        "updated": _now(),
-        "storage_dtype": dtype,
-        "content_digest": digest,
-        "key_algorithm": "sha256",
-        "headstart_version": __version__,
-        "versions": json.dumps(library_versions(), sort_keys=True),
-    }
-    attrs.update({k: v for k, v in extra.items() if v is not None})
-    for name, value in attrs.items():
-        h5.attrs[name] = value
-
-
 def _create_features(h5: h5py.File, n: int, dim: int, dtype: str) -> h5py.Dataset:
     if n == 0 or dim == 0:
         return h5.create_dataset("embeddings/features", shape=(n, dim), dtype=dtype)
     rows_per_chunk = max(1, min(n, _CHUNK_BYTES // (dim * np.dtype(dtype).itemsize)))
     return h5.create_dataset("embeddings/features", shape=(n, dim), dtype=dtype, chunks=(rows_per_chunk, dim))
 
-
-def content_digest(files, classes, failures, images_root, num_rows) -> str:
-    """A digest of everything but the features, to skip rewriting an unchanged cache."""
-    h = hashlib.sha256()
-    h.update(f"{images_root}\0{num_rows}\0".encode())
-    for name in classes:
-        h.update(f"c\0{name}\0".encode())
-    for f in files:
-        h.update(f"f\0{f.path}\0{f.key}\0{f.label}\0{f.split}\0".encode())
-    for f in failures:
-        h.update(f"x\0{f.path}\0{f.key}\0{f.reason}\0".encode())
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the numbers, read without importing them."""
-    from importlib import metadata
-
-    versions = {"headstart": __version__}
-    for dist in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "scikit-learn"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
-    return versions
 
 
 def write_cache(
