@@ -85,7 +85,6 @@ class EmbedReport:
     batch_size: int = 0  # per device, as used (after --batch-size auto)
     workers: int = 0  # decoding threads
     pixels: str = ""  # the pixel rule (embedder.decode): 'current' or 'legacy'
-    listing_warnings: list[str] = field(default_factory=list)
     batch_probe: dict = field(default_factory=dict)  # --batch-size auto on a GPU: batch -> images/s
     views: int = 0  # augmented views per image the cache holds
     views_seed: int | None = None
@@ -179,9 +178,7 @@ def run_embedding(
         listing.root, resolved, options.dtype, location(options.cache_dir), shard)
     report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
                          ignored_files=listing.ignored_count, pixels=recipe_for(resolved.fingerprint).name,
-                         listing_warnings=list(getattr(listing, "warnings", [])))
-    for warning in report.listing_warnings:
-        log(f"warning: {warning}")
+                         warnings=list(listing.warnings))  # symlink loops, split-named classes: printed at the end
     extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
                    "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None}
 

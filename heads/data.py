@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.embedder.cache import Cache, open_cache
+from headstart.embedder.cache.finite import REEMBED_ADVICE
 from headstart.embedder.errors import CacheError, UsageError
 from headstart.embedder.storage import location
 
@@ -123,7 +124,7 @@ def require_finite(features: np.ndarray, cache_path) -> np.ndarray:
     """``features`` unchanged, or a CacheError naming how many rows hold NaN or inf."""
     if not np.isfinite(features).all():
         bad = int(np.sum(~np.isfinite(features).all(axis=1)))
-        raise CacheError(f"cache {cache_path} has {bad} rows with NaN or infinite features; re-embed it")
+        raise CacheError(f"cache {cache_path} has {bad} rows with NaN or infinite features; {REEMBED_ADVICE}")
     return features
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from headstart.embedder.cache import open_cache
+from headstart.embedder.cache.finite import require_finite_rows
 from headstart.embedder.discovery import discover, is_image_name
 from headstart.embedder.engine import DEFAULT_BATCH_SIZE, Engine, Source
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
@@ -138,11 +139,7 @@ def _cached_features(keys: list[str], fingerprint: dict, candidates: list[tuple[
             continue
         rows = np.asarray([row_of[k] for k in hits])
         block = cache.read_rows(rows)
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            raise CacheError(f"cache {path} has {int(bad.sum())} of the rows these images need with NaN or infinite "
-                             f"features; rerun `headstart embed run` with the same options to embed them again, or "
-                             f"pass --no-cache")
+        require_finite_rows(cache, features=block)
         found.update(zip(hits, block))
     return found
 

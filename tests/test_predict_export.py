@@ -195,7 +195,7 @@ def test_nan_rows_in_a_cache_are_refused_not_printed(tmp_path, run_cli, trained)
         features[0] = np.nan
     code, out, err = run_cli("predict", trained["images"], "--run", trained["run"], "--cache", poisoned)
     assert code == 2 and not out
-    assert "1 of the rows these images need with NaN or infinite features" in err
+    assert "1 of the 24 feature rows to use hold NaN or inf" in err
     assert "headstart embed run" in err
 
 
