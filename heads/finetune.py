@@ -12,8 +12,8 @@ Following the keras.io transfer-learning guide:
     are never updated by small fine-tuning batches;
   * a small learning rate (default 1e-5).
 
-The split is exactly the head run's (same function, same seed): validation images are
-never trained on. Every epoch is checkpointed crash-safely; ``--resume`` continues a killed
+The split is exactly the head run's (:func:`heads.data.split_for` with the run's recorded
+seed and fraction): validation images are never trained on. Every epoch is checkpointed crash-safely; ``--resume`` continues a killed
 fine-tune from its last finished epoch.
 """
 
@@ -147,43 +147,34 @@ class _Examples:
 
 
 def _select_examples(cache, run, images_root: Path, report: FinetuneReport) -> tuple[_Examples, _Examples]:
-    """The run's own split of the cache's labelled files, one file per distinct content."""
-    from .splits import assign_splits
+    """The run's own split of the cache (:func:`heads.data.split_for`, the function ``head train``
+    used, with the run's recorded seed and fraction): one file per distinct labelled content."""
+    from .data import split_for
 
     if list(cache.classes) != list(run.classes):
         raise UsageError(
             f"the cache's classes {cache.classes} differ from the run's {run.classes}; use the cache the head was trained on")
-    split_info = run.meta.get("split") or {}
+    split = split_for(cache, run.record.split_spec)
+    row_label = split.table.label  # -1: unlabelled, or its files disagree (left out, as head train does)
+    usable = np.flatnonzero((cache.labels >= 0) & (row_label[cache.rows] >= 0))
+    _, first = np.unique(cache.rows[usable], return_index=True)
+    order = np.sort(usable[first])  # the first labelled file of each row, in file order
     file_keys = cache.keys[cache.rows]
-    splits = assign_splits(file_keys, cache.labels, cache.splits,
-                           val_fraction=split_info.get("val_fraction", run.meta.get("params", {}).get("val_fraction", 0.2)),
-                           seed=split_info.get("seed", run.meta.get("params", {}).get("seed", 0)))
-    labels_of_key: dict[str, set[int]] = {}
-    for key, label in zip(file_keys, cache.labels):
-        if label >= 0:
-            labels_of_key.setdefault(str(key), set()).add(int(label))
-    chosen: dict[str, int] = {}
-    for i, (key, label) in enumerate(zip(file_keys, cache.labels)):
-        key = str(key)
-        if label < 0 or len(labels_of_key[key]) > 1 or key in chosen:
-            continue
-        chosen[key] = i
-    order = list(chosen.values())
     full_paths = [images_root / str(cache.paths[i]) for i in order]
     now_keys = hash_files(full_paths)
     keep = []
-    for i, path, now in zip(order, full_paths, now_keys):
+    for i, now in zip(order, now_keys):
         if isinstance(now, OSError):
             report.skipped.append({"path": str(cache.paths[i]), "reason": "missing or unreadable now"})
         elif now != str(file_keys[i]):
             report.skipped.append({"path": str(cache.paths[i]), "reason": "changed since it was embedded"})
         else:
-            keep.append(i)
+            keep.append(int(i))
 
-    def build(split: str) -> _Examples:
-        idx = [i for i in keep if splits[i] == split]
+    def build(side: str) -> _Examples:
+        idx = [i for i in keep if split.split[cache.rows[i]] == side]
         return _Examples([str(images_root / str(cache.paths[i])) for i in idx],
-                         np.asarray([int(cache.labels[i]) for i in idx], dtype=np.int64),
+                         np.asarray([int(row_label[cache.rows[i]]) for i in idx], dtype=np.int64),
                          [str(file_keys[i]) for i in idx], np.asarray([int(cache.rows[i]) for i in idx]))
 
     return build("train"), build("val")
