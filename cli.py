@@ -242,7 +242,8 @@ def embed_backbones(as_json: bool = typer.Option(False, "--json", help="Print as
 
 
 _HEAD_HELP = {
-    "cache": "Cache file; default: the newest under ./cache/ (named on stderr).",
+    "cache": "Cache file; default: the newest under ./cache/ (named on stderr), if every cache there is of one "
+             "image set and backbone.",
     "standardize": "Standardise features with training-row statistics (stored with the head) [off].",
     "val_fraction": "Share of images held out for validation when the layout gives no val split [0.2].",
     "seed": "Seed for the split, initialisation, shuffling and dropout [0].",
@@ -384,13 +385,15 @@ def _print_train_report(report, quiet: bool) -> None:
 
 @head_app.command("eval")
 def head_eval(
-    run: Path = typer.Argument(..., help="A head run folder."),
+    run: Optional[Path] = typer.Argument(None, help="A head run folder; default: the best head run under "
+                                                    "./runs/ for the cache's backbone and classes."),
     cache: Optional[str] = typer.Option(None, help="Cache of the same backbone fingerprint; default: the run's own "
-                                                    "cache, else the newest under ./cache/."),
+                                                    "cache, else the newest of its backbone under ./cache/."),
     split: str = typer.Option("auto", help="auto (the run's val split on its own cache, every labelled image on "
                                            "another), all, train, val or test."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots; "
                                                           "default: RUN/evals/<timestamp>-<cache>-<split>/."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live (without RUN)."),
     cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -398,7 +401,7 @@ def head_eval(
     """Re-evaluate a saved head on a cache of the same fingerprint: its own, or a new labelled set."""
     from headstart.heads.train import evaluate_run
 
-    report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir,
+    report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir, runs_dir=runs_dir,
                           log=(lambda m: None) if (quiet or as_json) else _err)
     if as_json:
         _emit_json(report.to_dict())
@@ -416,15 +419,21 @@ def head_eval(
 @head_app.command("list")
 def head_list(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
+    cache: Optional[str] = typer.Option(None, help="Only runs usable with this cache: its backbone fingerprint "
+                                                    "and (if labelled) its classes."),
     sort: str = typer.Option("accuracy", help="accuracy, f1, loss, time, created or name."),
     limit: Optional[int] = typer.Option(None, help="Show only the first N."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Leaderboard of the runs under ./runs/: head, key parameters, val accuracy, macro-F1, time."""
-    from headstart.heads.leaderboard import format_table, leaderboard_rows, sort_rows
+    """Leaderboard of the runs under ./runs/, grouped by images, backbone and classes: head, key
+    parameters, val accuracy, macro-F1, time."""
+    from headstart.heads.leaderboard import format_table, leaderboard_rows, runs_for_cache, sort_rows
     from headstart.heads.runs import incomplete_runs, list_runs
 
-    rows = sort_rows(leaderboard_rows(list_runs(runs_dir), base=runs_dir), sort)
+    runs = list_runs(runs_dir)
+    if cache is not None:
+        runs = runs_for_cache(runs, cache)
+    rows = sort_rows(leaderboard_rows(runs, base=runs_dir), sort)
     if limit is not None:
         rows = rows[: max(limit, 0)]
     unfinished = [str(p) for p in incomplete_runs(runs_dir)]
@@ -432,7 +441,8 @@ def head_list(
         _emit_json({"runs": rows, "incomplete": unfinished})
         return
     if not rows:
-        typer.echo(f"no runs under {runs_dir}/; train one with `headstart head train`")
+        where = f" for cache {cache}" if cache is not None else ""
+        typer.echo(f"no runs under {runs_dir}/{where}; train one with `headstart head train`")
     else:
         for line in format_table(rows):
             typer.echo(line)
@@ -672,7 +682,9 @@ def inspect_map(
 
 @app.command("finetune")
 def finetune(
-    from_run: Optional[Path] = typer.Option(None, "--from", help="Head run to start from; default: the best dense run under ./runs/."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Head run to start from; default: the best dense run "
+                                                                 "under ./runs/ (of --cache's backbone and classes, "
+                                                                 "if given); refused when they are of several data sets."),
     unfreeze: int = typer.Option(4, help="Make the top N backbone layers that own weights trainable. A 'layer' is a "
                                          "Keras layer with weights (Conv2D, DepthwiseConv2D, Dense...); "
                                          "BatchNormalization layers never count: they stay frozen and in inference "

@@ -5,7 +5,8 @@ and decides each row's split (:func:`heads.data.split_for`, the one split functi
 kind from the registry in :mod:`heads.kinds` (dense, logreg, svm, knn, ncm) fits on the
 training rows; :mod:`heads.evaluate` measures it on the validation rows; :mod:`heads.runs`
 writes and reads the run folder, whose head.json is :class:`heads.run_meta.RunMeta`.
-:mod:`heads.train` and :mod:`heads.sweep` tie these together for the CLI.
+:mod:`heads.train` and :mod:`heads.sweep` tie these together for the CLI;
+:mod:`heads.choose` picks a cache or a run when none is named, never across data sets.
 
 Importing this package is cheap: TensorFlow and matplotlib load inside the functions that
 need them, so ``headstart --help`` stays instant.

@@ -318,13 +318,13 @@ def _remove_stale_checkpoints(folder: Path, state: dict) -> None:
 
 
 def _pick_source_run(options: FinetuneOptions, log):
-    from .runs import best_run, load_run
+    from .choose import choose_run
+    from .runs import load_run
 
     if options.from_run is not None:
         run = load_run(options.from_run)
     else:
-        run = best_run(options.runs_dir, head_type="dense")
-        log(f"fine-tuning from {run.path} (the best dense head by val accuracy under {options.runs_dir}/)")
+        run = choose_run(options.runs_dir, kind="head", head_type="dense", cache=options.cache, flag="--from RUN", log=log)
     if is_finetuned(run.meta):
         raise UsageError(f"{run.path} is already a fine-tuned run; fine-tune from a head run")
     require_keras_head(run)

@@ -18,12 +18,13 @@ from typing import Any, Callable
 
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 
+from .choose import resolve_cache
 from .data import load_labelled
 from .kinds.base import Option, get_kind, kind_names, option_table
 from .leaderboard import leaderboard_rows, sort_rows
 from .params import COMMON, HeadParams, make_params
 from .runs import timestamp
-from .train import TrainReport, resolve_cache, train_on
+from .train import TrainReport, train_on
 
 
 def grid_options() -> dict[str, Option]:

@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from headstart.embedder.cache import latest_cache, library_versions, open_cache
+from headstart.embedder.cache import library_versions, open_cache
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from headstart.embedder.fingerprint import describe, require_same
 from headstart.embedder.storage import location
 
+from .choose import choose_run, resolve_cache
 from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled, training_views
 from .evaluate import compute_metrics, summarize, write_evaluation
 from .params import HeadParams
@@ -60,15 +61,6 @@ class TrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache", log: Log = _quiet) -> Path:
-    """The cache to use: the one given, else the newest under ``cache_dir`` (and say so)."""
-    if cache is not None:
-        return location(cache)
-    path = latest_cache(cache_dir)
-    log(f"using cache {path} (the newest under {cache_dir}/)")
-    return path
 
 
 def train_head(
@@ -223,34 +215,43 @@ EVAL_SPLITS = ("auto", "all", "train", "val", "test")
 
 
 def evaluate_run(
-    run_path: str | os.PathLike,
+    run_path: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     split: str = "auto",
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike = "cache",
     log: Log = _quiet,
+    runs_dir: str | os.PathLike = "runs",
 ) -> EvalReport:
     """Re-evaluate a saved head on a cache of the same fingerprint.
 
     ``split="auto"``: on the run's own cache, its validation rows (the same split,
     reproduced from the recorded seed and fraction); on any other cache, every labelled row.
+    Without ``run_path``, the cache (given, else the default one) chooses the run:
+    :func:`heads.choose.choose_run` among the head runs of its fingerprint and classes.
     """
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    run = load_run(run_path)
-    if run.kind != "head":
-        raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
-                         f"(use `headstart predict` on images)")
-    recorded_cache = run.record.cache.path
-    if cache is None and recorded_cache and location(recorded_cache).is_file():
-        cache_path = location(recorded_cache)
-        log(f"using cache {cache_path} (the one the head was trained on)")
-    else:
+    if run_path is None:
         cache_path = resolve_cache(cache, cache_dir, log)
-    opened = open_cache(cache_path)
+        opened = open_cache(cache_path)
+        run = choose_run(runs_dir, cache=opened, kind="head", flag="RUN (a run folder)", log=log)
+    else:
+        run = load_run(run_path)
+        if run.kind != "head":
+            raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
+                             f"(use `headstart predict` on images)")
+        recorded_cache = run.record.cache.path
+        if cache is None and recorded_cache and location(recorded_cache).is_file():
+            cache_path = location(recorded_cache)
+            log(f"using cache {cache_path} (the one the head was trained on)")
+        else:
+            cache_path = resolve_cache(cache, cache_dir, log, fingerprint=run.fingerprint)
+        opened = open_cache(cache_path)
     require_same(opened.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")
     spec = run.record.split_spec
     data = load_labelled(opened, spec.val_fraction, spec.seed)
+    recorded_cache = run.record.cache.path
     same_cache = bool(recorded_cache) and location(recorded_cache).resolve() == location(cache_path).resolve()
     chosen = ("val" if same_cache else "all") if split == "auto" else split
     rows = data.rows() if chosen == "all" else data.rows(chosen)

@@ -22,9 +22,9 @@ import numpy as np
 from headstart.embedder.cache import Cache, open_cache
 from headstart.embedder.errors import UsageError
 
+from ..choose import resolve_cache
 from ..data import require_finite, require_rows, split_for
 from ..splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, SplitSpec, check_val_fraction
-from ..train import resolve_cache
 
 Log = Callable[[str], None]
 
