@@ -698,7 +698,9 @@ def finetune(
     out: Optional[Path] = typer.Option(None, help="Run folder; default: runs/<timestamp>-finetune."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
     seed: int = typer.Option(0),
-    patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping."),
+    patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping. The model kept is "
+                                         "the best by val accuracy (ties: val loss) of every epoch and the warm "
+                                         "start, so it is never worse than the starting head."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune (the one in --out, "
                                                          "or the newest unfinished one)."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: train on several GPUs with "
@@ -723,13 +725,17 @@ def finetune(
     if quiet:
         return
     before = report.head_metrics.get("accuracy")
+    start = report.start_metrics.get("val_accuracy")
     after = report.metrics.get("accuracy")
-    change = f" (head alone: {before:.4f})" if isinstance(before, (int, float)) else ""
-    typer.echo(f"fine-tuned {report.run_dir} from {report.from_run}: {report.epochs_run} epochs, best {report.best_epoch}, "
+    kept = "the warm start (no epoch beat it)" if report.best_epoch == 0 else f"epoch {report.best_epoch}"
+    typer.echo(f"fine-tuned {report.run_dir} from {report.from_run}: {report.epochs_run} epochs, kept {kept}, "
                f"{report.seconds_per_epoch:.1f} s/epoch")
     if isinstance(after, (int, float)):
-        typer.echo(f"val accuracy {after:.4f}{change} on {report.val_images} images; "
-                   f"macro-F1 {report.metrics.get('macro_f1', float('nan')):.4f}")
+        compared = [f"at the start {start:.4f}" if isinstance(start, (int, float)) else "",
+                    f"head alone on cached features {before:.4f}" if isinstance(before, (int, float)) else ""]
+        compared = "; ".join(c for c in compared if c)
+        typer.echo(f"val accuracy {after:.4f}" + (f" ({compared})" if compared else "")
+                   + f" on {report.val_images} images; macro-F1 {report.metrics.get('macro_f1', float('nan')):.4f}")
 
 
 # -------------------------------------------------------------------- predict, export

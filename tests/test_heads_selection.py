@@ -98,6 +98,7 @@ def test_finetune_without_from_refuses_runs_of_other_data(world, run_cli, tmp_pa
     code, _, err = run_cli("finetune", "--runs-dir", runs, "--out", tmp_path / "ft")
     assert code == 2 and "2 different data sets" in err and "pass --from RUN" in err
     assert str(runs / "testnet") in err and str(runs / "other") in err and "OtherNet" in err
+    assert not (tmp_path / "ft").exists()
 
 
 def test_default_cache_refuses_caches_of_two_backbones(tmp_path, run_cli, monkeypatch):
