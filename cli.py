@@ -8,6 +8,7 @@ bug, printed as one line too unless ``--debug`` asks for the traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import sys
@@ -321,44 +322,79 @@ def embed_backbones(as_json: bool = typer.Option(False, "--json", help="Print as
 
 
 _HEAD_HELP = {
-    "cache": "Cache file; default: the newest under ./cache/ (named on stderr).",
-    "head": "dense (Keras), logreg, svm (linear, calibrated probabilities) or knn (cosine).",
-    "epochs": "dense: most epochs [50]; early stopping may end sooner.",
-    "batch_size": "dense: rows per step [the smallest of 32..1024 giving <= 16 steps an epoch].",
-    "lr": "dense: Adam learning rate [1e-3].",
-    "hidden": "dense: hidden layer widths, repeatable or 512,256 [1024]; 0 = linear.",
-    "dropout": "dense: dropout after each hidden layer [0.5].",
-    "l2": "dense: L2 penalty on the kernels [0].",
-    "label_smoothing": "dense: label smoothing of the cross-entropy [0].",
-    "patience": "dense: epochs without val-loss improvement before stopping; the best epoch's weights are kept "
-                "[10]; 0 = no early stopping.",
-    "class_weight": "none or balanced (weights n/(C*n_c) in the training loss) [none]; not knn.",
+    "cache": "Cache file; default: the newest under ./cache/ (named on stderr), if every cache there is of one "
+             "image set and backbone.",
     "standardize": "Standardise features with training-row statistics (stored with the head) [off].",
-    "C": "logreg/svm: inverse regularisation strength [logreg 1.0, svm 0.01].",
-    "max_iter": "logreg/svm: solver iterations [1000].",
-    "k": "knn: neighbours [min(10, training images)].",
     "val_fraction": "Share of images held out for validation when the layout gives no val split [0.2].",
     "seed": "Seed for the split, initialisation, shuffling and dropout [0].",
 }
 
 
+def _head_kinds_help() -> str:
+    from headstart.heads.kinds import get_kind, kind_names
+
+    return ", ".join(f"{name} ({get_kind(name).summary})" for name in kind_names()) + "."
+
+
+def _default_text(kind, name: str) -> str:
+    """A kind's default for one hyper-parameter, as help text: its ``default_text``, else the value."""
+    text = getattr(kind, "default_text", {}).get(name)
+    if text is not None:
+        return text
+    value = kind.defaults()[name]
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value) or "0"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _kind_parameters(sweep: bool) -> list[inspect.Parameter]:
+    """One option per hyper-parameter of the head kinds, read from their registry (heads.kinds)."""
+    from headstart.heads.kinds import get_kind, option_table
+
+    parameters = []
+    for name, (option, kinds) in option_table().items():
+        defaults = [(kind, _default_text(get_kind(kind), name)) for kind in kinds]
+        default = (defaults[0][1] if len({text for _, text in defaults}) == 1
+                   else ", ".join(f"{kind}: {text}" for kind, text in defaults))
+        text = f"{'/'.join(kinds)}: {option.help} [{default}]."
+        if sweep:
+            annotation = Optional[str]
+            text += f" Alternatives, e.g. {option.example}." if option.example else ""
+        else:
+            annotation = Optional[List[str]] if option.multiple else Optional[option.type]
+            text += " Repeatable, or comma-separated (512,256)." if option.multiple else ""
+        parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
+                                            default=typer.Option(None, option.flag, help=text)))
+    return parameters
+
+
+def _with_kind_options(sweep: bool):
+    """Give a command (which takes ``**kind_options``) the head kinds' options, right after --head.
+
+    Typer reads a command's options from its signature, so the registry's options are
+    spliced into it: adding a kind adds its flags to `head train` and `head sweep`."""
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        fixed = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        at = [p.name for p in fixed].index("head") + 1
+        command.__signature__ = signature.replace(parameters=fixed[:at] + _kind_parameters(sweep) + fixed[at:])
+        return command
+
+    return decorate
+
+
+def _given(options: dict) -> dict:
+    """Options the user did not set come as None (or an empty list, for repeatable ones)."""
+    return {name: (None if value in ([], ()) else value) for name, value in options.items()}
+
+
 @head_app.command("train")
+@_with_kind_options(sweep=False)
 def head_train(
     cache: Optional[str] = typer.Option(None, help=_HEAD_HELP["cache"]),
-    head: str = typer.Option("dense", "--head", help=_HEAD_HELP["head"]),
-    epochs: Optional[int] = typer.Option(None, help=_HEAD_HELP["epochs"]),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=_HEAD_HELP["batch_size"]),
-    lr: Optional[float] = typer.Option(None, "--lr", help=_HEAD_HELP["lr"]),
-    hidden: Optional[List[str]] = typer.Option(None, "--hidden", help=_HEAD_HELP["hidden"]),
-    dropout: Optional[float] = typer.Option(None, help=_HEAD_HELP["dropout"]),
-    l2: Optional[float] = typer.Option(None, "--l2", help=_HEAD_HELP["l2"]),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help=_HEAD_HELP["label_smoothing"]),
-    patience: Optional[int] = typer.Option(None, help=_HEAD_HELP["patience"]),
-    class_weight: Optional[str] = typer.Option(None, "--class-weight", help=_HEAD_HELP["class_weight"]),
+    head: str = typer.Option("dense", "--head", help=_head_kinds_help()),
     standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize", help=_HEAD_HELP["standardize"]),
-    c: Optional[float] = typer.Option(None, "--C", help=_HEAD_HELP["C"]),
-    max_iter: Optional[int] = typer.Option(None, "--max-iter", help=_HEAD_HELP["max_iter"]),
-    k: Optional[int] = typer.Option(None, "--k", help=_HEAD_HELP["k"]),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
     seed: Optional[int] = typer.Option(None, help=_HEAD_HELP["seed"]),
     views: bool = typer.Option(False, "--views", help="Also train on the cached augmented views of the training "
@@ -370,6 +406,7 @@ def head_train(
     cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    **kind_options,
 ) -> None:
     """Train one head on a cache; write runs/<name>/ (model, head.json, metrics, plots).
 
@@ -378,10 +415,8 @@ def head_train(
     from headstart.heads.params import make_params, views_option
     from headstart.heads.train import train_head
 
-    params = make_params(head, epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden or None, dropout=dropout,
-                         l2=l2, label_smoothing=label_smoothing, patience=patience, class_weight=class_weight,
-                         standardize=standardize, C=c, max_iter=max_iter, k=k, val_fraction=val_fraction, seed=seed,
-                         views=views_option(views, max_views))
+    params = make_params(head, standardize=standardize, val_fraction=val_fraction, seed=seed,
+                         views=views_option(views, max_views), **_given(kind_options))
     report = train_head(params, cache=cache, out=out, runs_dir=runs_dir, cache_dir=cache_dir,
                         log=(lambda m: None) if (quiet or as_json) else _err, progress=not quiet and not as_json)
     if as_json:
@@ -430,13 +465,15 @@ def _print_train_report(report, quiet: bool) -> None:
 
 @head_app.command("eval")
 def head_eval(
-    run: Path = typer.Argument(..., help="A head run folder."),
+    run: Optional[Path] = typer.Argument(None, help="A head run folder; default: the best head run under "
+                                                    "./runs/ for the cache's backbone and classes."),
     cache: Optional[str] = typer.Option(None, help="Cache of the same backbone fingerprint; default: the run's own "
-                                                    "cache, else the newest under ./cache/."),
+                                                    "cache, else the newest of its backbone under ./cache/."),
     split: str = typer.Option("auto", help="auto (the run's val split on its own cache, every labelled image on "
                                            "another), all, train, val or test."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots; "
                                                           "default: RUN/evals/<timestamp>-<cache>-<split>/."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live (without RUN)."),
     cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
@@ -444,7 +481,7 @@ def head_eval(
     """Re-evaluate a saved head on a cache of the same fingerprint: its own, or a new labelled set."""
     from headstart.heads.train import evaluate_run
 
-    report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir,
+    report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir, runs_dir=runs_dir,
                           log=(lambda m: None) if (quiet or as_json) else _err)
     if as_json:
         _emit_json(report.to_dict())
@@ -462,15 +499,21 @@ def head_eval(
 @head_app.command("list")
 def head_list(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
+    cache: Optional[str] = typer.Option(None, help="Only runs usable with this cache: its backbone fingerprint "
+                                                    "and (if labelled) its classes."),
     sort: str = typer.Option("accuracy", help="accuracy, f1, loss, time, created or name."),
     limit: Optional[int] = typer.Option(None, help="Show only the first N."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Leaderboard of the runs under ./runs/: head, key parameters, val accuracy, macro-F1, time."""
-    from headstart.heads.leaderboard import format_table, leaderboard_rows, sort_rows
+    """Leaderboard of the runs under ./runs/, grouped by images, backbone and classes: head, key
+    parameters, val accuracy, macro-F1, time."""
+    from headstart.heads.leaderboard import format_table, leaderboard_rows, runs_for_cache, sort_rows
     from headstart.heads.runs import incomplete_runs, list_runs
 
-    rows = sort_rows(leaderboard_rows(list_runs(runs_dir), base=runs_dir), sort)
+    runs = list_runs(runs_dir)
+    if cache is not None:
+        runs = runs_for_cache(runs, cache)
+    rows = sort_rows(leaderboard_rows(runs, base=runs_dir), sort)
     if limit is not None:
         rows = rows[: max(limit, 0)]
     unfinished = [str(p) for p in incomplete_runs(runs_dir)]
@@ -478,7 +521,8 @@ def head_list(
         _emit_json({"runs": rows, "incomplete": unfinished})
         return
     if not rows:
-        typer.echo(f"no runs under {runs_dir}/; train one with `headstart head train`")
+        where = f" for cache {cache}" if cache is not None else ""
+        typer.echo(f"no runs under {runs_dir}/{where}; train one with `headstart head train`")
     else:
         for line in format_table(rows):
             typer.echo(line)
@@ -487,21 +531,11 @@ def head_list(
 
 
 @head_app.command("sweep")
+@_with_kind_options(sweep=True)
 def head_sweep(
-    head: str = typer.Option("dense", "--head", help="Comma-separated heads, e.g. dense,logreg,svm,knn."),
-    epochs: Optional[str] = typer.Option(None, help="Comma-separated alternatives, as every option below."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size"),
-    lr: Optional[str] = typer.Option(None, "--lr", help="e.g. 1e-3,3e-4"),
-    hidden: Optional[str] = typer.Option(None, "--hidden", help="e.g. 1024,512x256,0 (x joins layers of one head)."),
-    dropout: Optional[str] = typer.Option(None),
-    l2: Optional[str] = typer.Option(None, "--l2"),
-    label_smoothing: Optional[str] = typer.Option(None, "--label-smoothing"),
-    patience: Optional[str] = typer.Option(None),
-    class_weight: Optional[str] = typer.Option(None, "--class-weight", help="e.g. none,balanced"),
+    head: str = typer.Option("dense", "--head", help="Comma-separated heads: " + _head_kinds_help() + " Every "
+                                                     "option below takes comma-separated alternatives."),
     standardize: Optional[str] = typer.Option(None, "--standardize", help="e.g. on,off"),
-    c: Optional[str] = typer.Option(None, "--C", help="e.g. 0.1,1,10"),
-    max_iter: Optional[str] = typer.Option(None, "--max-iter"),
-    k: Optional[str] = typer.Option(None, "--k", help="e.g. 5,10,20"),
     seed: Optional[str] = typer.Option(None, help="e.g. 0,1,2 (the split always uses the first)."),
     views: Optional[str] = typer.Option(None, "--views", help="Cached augmented views per training image, e.g. "
                                                               "0,4,all (0: clean rows only)."),
@@ -513,15 +547,13 @@ def head_sweep(
     sort: str = typer.Option("accuracy", help="Leaderboard order: accuracy, f1, loss, time, created or name."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    **kind_options,
 ) -> None:
     """Train several heads/settings on one in-memory copy of the features; print the leaderboard."""
     from headstart.heads.leaderboard import format_table
     from headstart.heads.sweep import parse_grid, run_sweep
 
-    grid = parse_grid({"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "hidden": hidden,
-                       "dropout": dropout, "l2": l2, "label_smoothing": label_smoothing, "patience": patience,
-                       "class_weight": class_weight, "standardize": standardize, "C": c, "max_iter": max_iter,
-                       "k": k, "seed": seed, "views": views})
+    grid = parse_grid({"head": head, "standardize": standardize, "seed": seed, "views": views, **kind_options})
     report = run_sweep(grid, cache=cache, out=out, runs_dir=runs_dir, val_fraction=val_fraction, cache_dir=cache_dir,
                        log=(lambda m: None) if (quiet or as_json) else _err, progress=False, sort=sort)
     if as_json:
@@ -775,7 +807,9 @@ def inspect_samples(
 
 @app.command("finetune")
 def finetune(
-    from_run: Optional[Path] = typer.Option(None, "--from", help="Head run to start from; default: the best dense run under ./runs/."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Head run to start from; default: the best dense run "
+                                                                 "under ./runs/ (of --cache's backbone and classes, "
+                                                                 "if given); refused when they are of several data sets."),
     unfreeze: int = typer.Option(4, help="Make the top N backbone layers that own weights trainable. A 'layer' is a "
                                          "Keras layer with weights (Conv2D, DepthwiseConv2D, Dense...); "
                                          "BatchNormalization layers never count: they stay frozen and in inference "
@@ -789,7 +823,9 @@ def finetune(
     out: Optional[Path] = typer.Option(None, help="Run folder; default: runs/<timestamp>-finetune."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
     seed: int = typer.Option(0),
-    patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping."),
+    patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping. The model kept is "
+                                         "the best by val accuracy (ties: val loss) of every epoch and the warm "
+                                         "start, so it is never worse than the starting head."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune (the one in --out, "
                                                          "or the newest unfinished one)."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: train on several GPUs with "
@@ -814,13 +850,17 @@ def finetune(
     if quiet:
         return
     before = report.head_metrics.get("accuracy")
+    start = report.start_metrics.get("val_accuracy")
     after = report.metrics.get("accuracy")
-    change = f" (head alone: {before:.4f})" if isinstance(before, (int, float)) else ""
-    typer.echo(f"fine-tuned {report.run_dir} from {report.from_run}: {report.epochs_run} epochs, best {report.best_epoch}, "
+    kept = "the warm start (no epoch beat it)" if report.best_epoch == 0 else f"epoch {report.best_epoch}"
+    typer.echo(f"fine-tuned {report.run_dir} from {report.from_run}: {report.epochs_run} epochs, kept {kept}, "
                f"{report.seconds_per_epoch:.1f} s/epoch")
     if isinstance(after, (int, float)):
-        typer.echo(f"val accuracy {after:.4f}{change} on {report.val_images} images; "
-                   f"macro-F1 {report.metrics.get('macro_f1', float('nan')):.4f}")
+        compared = [f"at the start {start:.4f}" if isinstance(start, (int, float)) else "",
+                    f"head alone on cached features {before:.4f}" if isinstance(before, (int, float)) else ""]
+        compared = "; ".join(c for c in compared if c)
+        typer.echo(f"val accuracy {after:.4f}" + (f" ({compared})" if compared else "")
+                   + f" on {report.val_images} images; macro-F1 {report.metrics.get('macro_f1', float('nan')):.4f}")
 
 
 # -------------------------------------------------------------------- predict, export

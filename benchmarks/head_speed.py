@@ -8,7 +8,8 @@ is its own):
   dense     the default head (Dense 1024 relu -> Dropout 0.5 -> softmax, Adam, batch from
             the data size) for 50 epochs with early stopping off; also --hidden 128 and
             --hidden 0 (linear) for scale
-  logreg, svm, knn   `head train` with each head's defaults (fit, and the whole command)
+  logreg, svm, knn, ncm   `head train` with each head's defaults (fit, and the whole command;
+            logreg's includes choosing C by 5-fold cross-validation)
   backbone  one epoch of training the same dense head *through* the frozen MobileNetV2
             (alpha 1.0, 224 px) on JPEGs (decode + forward + head update), measured on a
             subset of photo-like 500x375 images and scaled to the training rows
@@ -74,23 +75,23 @@ def child_load(cache: str) -> dict:
 
 
 def child_dense(cache: str, hidden: str) -> dict:
-    """The product's fit function (heads.dense.train_dense) with per-epoch timestamps."""
+    """The product's dense kind (heads.kinds.dense, fitted by heads.dense.train_dense) with per-epoch timestamps."""
     from headstart.embedder.tf_runtime import import_tf
     from headstart.heads.data import load_labelled
-    from headstart.heads.dense import train_dense
-    from headstart.heads.params import make_params
+    from headstart.heads.kinds import make_head
 
     import_tf()
     data = load_labelled(cache, 0.2, 0)
     x, y, _ = data.subset("train")
     xv, yv, _ = data.subset("val")
-    params = make_params("dense", epochs=50, patience=0, hidden=hidden)
+    head = make_head("dense", epochs=50, patience=0, hidden=hidden)
     stamps = []
     start = time.perf_counter()
-    fit = train_dense(x, y, xv, yv, CLASSES, params, on_epoch=lambda e, logs: stamps.append(time.perf_counter()))
+    head.fit(x, y, num_classes=CLASSES, validation=(xv, yv), on_epoch=lambda e, logs: stamps.append(time.perf_counter()))
     total = time.perf_counter() - start
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-    return {"hidden": hidden, "epochs": fit.epochs_run, "batch_size": fit.batch_size, "train_rows": int(len(x)),
+    fit = head.report_
+    return {"hidden": hidden, "epochs": fit.epochs_run, "batch_size": head.batch_size_, "train_rows": int(len(x)),
             "seconds_50_epochs": total, "first_epoch_seconds": stamps[0] - start, "steady_epoch_seconds": steady,
             "val_accuracy": fit.history["val_accuracy"][-1], "peak_rss_mb": peak_rss_mb()}
 
@@ -190,7 +191,7 @@ def main() -> None:
     runs["dense"] = run_child(SCRIPT, "dense", str(cache), "1024")
     runs["dense_hidden_128"] = run_child(SCRIPT, "dense", str(cache), "128")
     runs["dense_linear"] = run_child(SCRIPT, "dense", str(cache), "0")
-    for head in ("logreg", "svm", "knn"):
+    for head in ("logreg", "svm", "knn", "ncm"):
         target = work / f"run-{head}"
         shutil.rmtree(target, ignore_errors=True)
         runs[head] = run_child(SCRIPT, "head", str(cache), head, str(target))
@@ -210,6 +211,7 @@ def main() -> None:
         "logreg_fit_seconds": runs["logreg"]["fit_seconds"],
         "svm_fit_seconds": runs["svm"]["fit_seconds"],
         "knn_fit_seconds": runs["knn"]["fit_seconds"],
+        "ncm_fit_seconds": runs["ncm"]["fit_seconds"],
         "backbone_epoch_seconds": backbone["epoch_seconds_scaled"],
         "cached_over_backbone_epoch_speedup": backbone["epoch_seconds_scaled"] / dense["steady_epoch_seconds"],
     }

@@ -19,7 +19,7 @@ from headstart.embedder.cache.finite import REEMBED_ADVICE
 from headstart.embedder.errors import CacheError, UsageError
 from headstart.embedder.storage import location
 
-from .splits import SPLIT_PRIORITY, assign_splits, split_source
+from .splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PRIORITY, SplitSpec, assign_splits, split_source
 
 _SPLIT_BY_PRIORITY = np.asarray(["", "train", "val", "test"], dtype=object)
 
@@ -90,17 +90,17 @@ class LabelledFeatures:
         }
 
 
-def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = 0.2, seed: int = 0) -> LabelledFeatures:
+def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = DEFAULT_VAL_FRACTION,
+                  seed: int = DEFAULT_SEED) -> LabelledFeatures:
     """Open a cache, read its features once as float32, and resolve rows, labels and splits."""
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
-    if cache.num_rows == 0 or len(cache.paths) == 0:
-        raise CacheError(f"cache {cache.path} is empty (no embedded images); run `headstart embed run` on a "
-                         f"folder with images")
+    require_rows(cache)
     features = require_finite(cache.load_features("float32"), cache.path)
-    table = row_table(cache)
-    labels, paths, given = table.label, table.path, table.given
+    split = split_for(cache, SplitSpec(val_fraction, seed))
+    table = split.table
+    labels, paths = table.label, table.path
     conflicts = conflict_records(cache, table)
-    splits = assign_splits(cache.keys, labels, given, val_fraction=val_fraction, seed=seed)
+    splits = split.split
     return LabelledFeatures(
         cache_path=location(cache.path),
         fingerprint=dict(cache.fingerprint),
@@ -111,13 +111,44 @@ def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = 0.2, s
         labels=labels,
         splits=np.asarray(splits, dtype=object),
         paths=paths,
-        split_source=split_source(given),
-        val_fraction=float(val_fraction),
-        seed=int(seed),
+        split_source=split.source,
+        val_fraction=split.spec.val_fraction,
+        seed=split.spec.seed,
         conflicts=conflicts,
         cache_attrs={k: v for k, v in cache.attrs.items() if not k.startswith("_")},
         num_files=len(cache.paths),
     )
+
+
+def require_rows(cache: Cache) -> None:
+    """Refuse a cache with nothing embedded in it (exit 2)."""
+    if cache.num_rows == 0 or len(cache.paths) == 0:
+        raise CacheError(f"cache {cache.path} is empty (no embedded images); run `headstart embed run` on a "
+                         f"folder with images")
+
+
+@dataclass
+class RowSplit:
+    """Every row's side of the line, and what it was derived from."""
+
+    table: RowTable  # each row's label, conflict flag, representative path and given split
+    split: np.ndarray  # [N] object: 'train' | 'val' | 'test'
+    source: str  # 'layout' | 'layout+hash' | 'hash'
+    spec: SplitSpec
+
+
+def split_for(cache: Cache, spec: SplitSpec = SplitSpec()) -> RowSplit:
+    """THE split of a cache: ``head train``/``eval``/``sweep``, ``finetune`` and ``inspect`` all call this.
+
+    It works per row (distinct content): a row's given split is the most held-out one any of
+    its files was filed under (:func:`row_table`), and :func:`heads.splits.assign_splits`
+    turns keys, given splits and ``spec`` into 'train'/'val'/'test'. A stage that works on
+    files maps them to rows with ``cache.rows``, so it cannot see another split.
+    """
+    table = row_table(cache)
+    split = assign_splits(cache.keys, table.label, table.given, val_fraction=spec.val_fraction, seed=spec.seed)
+    spec = SplitSpec(float(spec.val_fraction), int(spec.seed))
+    return RowSplit(table=table, split=np.asarray(split, dtype=object), source=split_source(table.given), spec=spec)
 
 
 def require_finite(features: np.ndarray, cache_path) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""The dense head: [standardise] -> Dense(relu) -> Dropout ... -> Dense(C, softmax), in Keras.
+"""The Keras MLP behind ``--head dense`` and its training loop (the kind itself, with its
+hyper-parameters, is :class:`heads.kinds.dense.DenseHead`).
+
+[standardise] -> Dense(relu) -> Dropout ... -> Dense(C, softmax).
 
 The saved model takes the pooled feature vector ``[D]`` (float32) and returns class
 probabilities ``[C]``; standardisation, when used, is its first layer (a fixed
@@ -18,8 +21,7 @@ against ``fit`` step for step).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,7 +29,6 @@ import numpy as np
 from headstart.embedder.errors import HeadstartError
 from headstart.embedder.tf_runtime import import_keras, import_tf
 
-from .params import HeadParams
 from .standardize import Standardizer
 
 MODEL_FILE = "model.keras"
@@ -84,16 +85,6 @@ class DenseFit:
     epochs_run: int
     stopped_early: bool
     batch_size: int
-    warnings: list = field(default_factory=list)
-    head_type: str = "dense"
-    model_file: str = MODEL_FILE
-
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        return predict_keras(self.model, features)
-
-    def save(self, folder: Path) -> str:
-        self.model.save(Path(folder) / MODEL_FILE)
-        return MODEL_FILE
 
 
 def train_dense(
@@ -102,22 +93,34 @@ def train_dense(
     x_val: np.ndarray,
     y_val: np.ndarray,
     num_classes: int,
-    params: HeadParams,
+    *,
+    epochs: int,
+    batch_size: int | None,
+    lr: float,
+    hidden: tuple[int, ...],
+    dropout: float,
+    l2: float,
+    label_smoothing: float,
+    patience: int,
+    seed: int,
     class_weights: np.ndarray | None = None,
     standardizer: Standardizer | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> DenseFit:
-    """Fit a dense head on in-memory features; early-stop on the validation loss."""
+    """Fit a dense head on in-memory features; early-stop on the validation loss.
+
+    The hyper-parameters have no defaults here: :class:`heads.kinds.dense.DenseHead` owns them.
+    """
     tf = import_tf()
     keras = import_keras()
-    keras.utils.set_random_seed(int(params.seed))
+    keras.utils.set_random_seed(int(seed))
     n, dim = x_train.shape
-    batch = int(params.batch_size or auto_batch_size(n))
-    model = build_dense_head(dim, num_classes, params.hidden, params.dropout, standardizer)
-    optimizer = keras.optimizers.Adam(learning_rate=float(params.lr))
-    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=float(params.label_smoothing), reduction=None)
+    batch = int(batch_size or auto_batch_size(n))
+    model = build_dense_head(dim, num_classes, hidden, dropout, standardizer)
+    optimizer = keras.optimizers.Adam(learning_rate=float(lr))
+    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=float(label_smoothing), reduction=None)
     kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    l2 = float(params.l2)
+    l2 = float(l2)
     variables = model.trainable_variables
 
     x_all = tf.constant(np.asarray(x_train, dtype=np.float32))
@@ -165,18 +168,18 @@ def train_dense(
         count = max(len(x_val), 1)
         return total / count + float(penalty()), correct / count
 
-    rng = np.random.default_rng(int(params.seed))
-    patience = int(params.patience)
+    rng = np.random.default_rng(int(seed))
+    patience = int(patience)
     history: dict[str, list] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     best_loss, best_epoch, best_weights, wait = math.inf, 0, None, 0
     stopped = False
     epoch = 0
-    for epoch in range(1, int(params.epochs) + 1):
+    for epoch in range(1, int(epochs) + 1):
         loss, accuracy = train_epoch(tf.constant(rng.permutation(n).astype(np.int32)))
         loss, accuracy = float(loss), float(accuracy)
         if not math.isfinite(loss):
             raise HeadstartError(f"training diverged: the loss became {loss} in epoch {epoch}; lower --lr "
-                                 f"(now {params.lr:g}) or use --standardize")
+                                 f"(now {lr:g}) or use --standardize")
         val_loss, val_accuracy = validate() if len(x_val) else (math.nan, math.nan)
         for name, value in zip(history, (loss, accuracy, val_loss, val_accuracy)):
             history[name].append(value)

@@ -12,9 +12,17 @@ Following the keras.io transfer-learning guide:
     are never updated by small fine-tuning batches;
   * a small learning rate (default 1e-5).
 
-The split is exactly the head run's (same function, same seed): validation images are
-never trained on. Every epoch is checkpointed crash-safely; ``--resume`` continues a killed
-fine-tune from its last finished epoch.
+The split is exactly the head run's (:func:`heads.data.split_for` with the run's recorded
+seed and fraction): validation images are never trained on.
+
+Never below the start: before the first step the warm-started network is evaluated on the
+validation images (epoch 0) and is a candidate like every epoch, so the kept model is the
+best candidate by validation accuracy (ties: lower validation loss), the starting head
+included; early stopping watches the validation loss. Both numbers are reported.
+
+Every epoch is checkpointed crash-safely; ``--resume`` continues a killed fine-tune from its
+last finished epoch. A fine-tune refused or stopped before its first epoch ends leaves
+nothing behind, and a folder that a killed one left before then is simply started over.
 """
 
 from __future__ import annotations
@@ -82,8 +90,9 @@ class FinetuneReport:
     epochs_run: int = 0
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    head_metrics: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    head_metrics: dict = field(default_factory=dict)  # the head's own record (on cached features)
+    start_metrics: dict = field(default_factory=dict)  # the warm start on the validation images (epoch 0)
+    metrics: dict = field(default_factory=dict)  # the kept model on the validation images
     seconds_per_epoch: float = 0.0
     elapsed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -148,43 +157,34 @@ class _Examples:
 
 
 def _select_examples(cache, run, images_root: Path, report: FinetuneReport) -> tuple[_Examples, _Examples]:
-    """The run's own split of the cache's labelled files, one file per distinct content."""
-    from .splits import assign_splits
+    """The run's own split of the cache (:func:`heads.data.split_for`, the function ``head train``
+    used, with the run's recorded seed and fraction): one file per distinct labelled content."""
+    from .data import split_for
 
     if list(cache.classes) != list(run.classes):
         raise UsageError(
             f"the cache's classes {cache.classes} differ from the run's {run.classes}; use the cache the head was trained on")
-    split_info = run.meta.get("split") or {}
+    split = split_for(cache, run.record.split_spec)
+    row_label = split.table.label  # -1: unlabelled, or its files disagree (left out, as head train does)
+    usable = np.flatnonzero((cache.labels >= 0) & (row_label[cache.rows] >= 0))
+    _, first = np.unique(cache.rows[usable], return_index=True)
+    order = np.sort(usable[first])  # the first labelled file of each row, in file order
     file_keys = cache.keys[cache.rows]
-    splits = assign_splits(file_keys, cache.labels, cache.splits,
-                           val_fraction=split_info.get("val_fraction", run.meta.get("params", {}).get("val_fraction", 0.2)),
-                           seed=split_info.get("seed", run.meta.get("params", {}).get("seed", 0)))
-    labels_of_key: dict[str, set[int]] = {}
-    for key, label in zip(file_keys, cache.labels):
-        if label >= 0:
-            labels_of_key.setdefault(str(key), set()).add(int(label))
-    chosen: dict[str, int] = {}
-    for i, (key, label) in enumerate(zip(file_keys, cache.labels)):
-        key = str(key)
-        if label < 0 or len(labels_of_key[key]) > 1 or key in chosen:
-            continue
-        chosen[key] = i
-    order = list(chosen.values())
     full_paths = [images_root / str(cache.paths[i]) for i in order]
     now_keys = hash_files(full_paths)
     keep = []
-    for i, path, now in zip(order, full_paths, now_keys):
+    for i, now in zip(order, now_keys):
         if isinstance(now, OSError):
             report.skipped.append({"path": str(cache.paths[i]), "reason": "missing or unreadable now"})
         elif now != str(file_keys[i]):
             report.skipped.append({"path": str(cache.paths[i]), "reason": "changed since it was embedded"})
         else:
-            keep.append(i)
+            keep.append(int(i))
 
-    def build(split: str) -> _Examples:
-        idx = [i for i in keep if splits[i] == split]
+    def build(side: str) -> _Examples:
+        idx = [i for i in keep if split.split[cache.rows[i]] == side]
         return _Examples([str(images_root / str(cache.paths[i])) for i in idx],
-                         np.asarray([int(cache.labels[i]) for i in idx], dtype=np.int64),
+                         np.asarray([int(row_label[cache.rows[i]]) for i in idx], dtype=np.int64),
                          [str(file_keys[i]) for i in idx], np.asarray([int(cache.rows[i]) for i in idx]))
 
     return build("train"), build("val")
@@ -284,15 +284,54 @@ def _read_state(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _write_state(run_dir: Path, state: dict) -> None:
+    write_text_atomic(_state_path(run_dir), json.dumps(state, indent=2))
+
+
 def find_unfinished(runs_dir: Path) -> Path | None:
     candidates = [p.parent.parent for p in Path(runs_dir).glob(f"*/{CHECKPOINT_DIR}/{STATE_FILE}")
                   if not (p.parent.parent / "head.json").exists()]
     return max(candidates, key=lambda p: _state_path(p).stat().st_mtime_ns) if candidates else None
 
 
+def _better(candidate: dict, best: dict) -> bool:
+    """The kept model: the highest val accuracy, ties to the lower val loss (the warm start,
+    epoch 0, is a candidate too, so fine-tuning never ends below its starting head)."""
+    def key(entry: dict) -> tuple[float, float]:
+        accuracy = entry.get("val_accuracy")
+        return (accuracy if accuracy is not None and np.isfinite(accuracy) else -np.inf,
+                -entry.get("val_loss", np.inf) if np.isfinite(entry.get("val_loss", np.inf)) else -np.inf)
+
+    return key(candidate) > key(best)
+
+
+def _save_best(model, folder: Path, state: dict, epoch: int, logs: dict) -> None:
+    best_file = folder / f"best-{epoch:04d}.weights.h5"
+    with atomic_path(best_file, keep_suffix=True) as tmp:
+        model.save_weights(str(tmp))
+    state["best"] = {"val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"]),
+                     "epoch": epoch, "weights": best_file.name}
+
+
+def _evaluate_start(model, run_dir: Path, val_ds, state: dict, log) -> dict:
+    """Epoch 0: the warm-started network on the validation images, before any step; it is
+    the first candidate for the kept model."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        scores = model.evaluate(val_ds, verbose=0, return_dict=True)
+    start = {"val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"])}
+    _save_best(model, run_dir / CHECKPOINT_DIR, state, 0, start)
+    state["start"] = start
+    state["lowest_val_loss"] = start["val_loss"]
+    _write_state(run_dir, state)
+    log(f"epoch 0 (the warm start): val_loss {start['val_loss']:.4f} val_acc {start['val_accuracy']:.3f}")
+    return start
+
+
 def _make_checkpointer(keras, run_dir: Path, state: dict, patience: int, log: Callable[[str], None], bar_factory):
-    """Per epoch: save the model (with optimizer state) and the best weights atomically,
-    then the state that points at them; stop early when val_loss stops improving."""
+    """Per epoch: save the model (with optimizer state) and, if it is the best candidate so far,
+    its weights, atomically; then the state that points at them. Stop early when val_loss has
+    not improved for ``patience`` epochs."""
     folder = run_dir / CHECKPOINT_DIR
 
     class Checkpointer(keras.callbacks.Callback):
@@ -312,11 +351,11 @@ def _make_checkpointer(keras, run_dir: Path, state: dict, patience: int, log: Ca
             logs["seconds"] = time.perf_counter() - self._epoch_started
             state["history"].append(logs)
             val_loss = logs.get("val_loss", float("inf"))
-            if val_loss < state["best"]["val_loss"]:
-                best_file = folder / f"best-{epoch + 1:04d}.weights.h5"
-                with atomic_path(best_file, keep_suffix=True) as tmp:
-                    self.model.save_weights(str(tmp))
-                state["best"] = {"val_loss": val_loss, "epoch": epoch + 1, "weights": best_file.name}
+            if _better(logs, state["best"]):
+                _save_best(self.model, folder, state, epoch + 1, logs)
+            lowest = state.get("lowest_val_loss", state["best"].get("val_loss", float("inf")))
+            if val_loss < lowest:
+                state["lowest_val_loss"] = val_loss
                 state["wait"] = 0
             else:
                 state["wait"] += 1
@@ -328,7 +367,7 @@ def _make_checkpointer(keras, run_dir: Path, state: dict, patience: int, log: Ca
             if state["wait"] >= patience:
                 state["stopped_early"] = True
                 self.model.stop_training = True
-            write_text_atomic(_state_path(run_dir), json.dumps(state, indent=2))
+            _write_state(run_dir, state)
             _remove_stale_checkpoints(folder, state)
             log(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.3f} "
                 f"val_loss {val_loss:.4f} val_acc {logs.get('val_accuracy', float('nan')):.3f} ({logs['seconds']:.1f} s)")
@@ -347,13 +386,13 @@ def _remove_stale_checkpoints(folder: Path, state: dict) -> None:
 
 
 def _pick_source_run(options: FinetuneOptions, log):
-    from .runs import best_run, load_run
+    from .choose import choose_run
+    from .runs import load_run
 
     if options.from_run is not None:
         run = load_run(options.from_run)
     else:
-        run = best_run(options.runs_dir, head_type="dense")
-        log(f"fine-tuning from {run.path} (the best dense head by val accuracy under {options.runs_dir}/)")
+        run = choose_run(options.runs_dir, kind="head", head_type="dense", cache=options.cache, flag="--from RUN", log=log)
     if is_finetuned(run.meta):
         raise UsageError(f"{run.path} is already a fine-tuned run; fine-tune from a head run")
     require_keras_head(run)
@@ -362,12 +401,6 @@ def _pick_source_run(options: FinetuneOptions, log):
 
 def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: None) -> FinetuneReport:
     """Fine-tune from a dense head run; write a run folder like a head's."""
-    from tqdm import tqdm
-
-    from headstart.embedder.backbones import build_backbone
-    from headstart.embedder.tf_runtime import import_keras
-
-    started = time.perf_counter()
     if options.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {options.epochs}")
     if options.unfreeze < 0:
@@ -377,17 +410,35 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     if not options.lr > 0:
         raise UsageError(f"--lr must be positive, got {options.lr}")
 
-    run_dir, state = _prepare_run_dir(options, log)
-    opts = state["options"]
     from .runs import load_run
 
-    run = load_run(opts["from_run"]) if options.resume else _pick_source_run(options, log)
-    if not options.resume:
-        opts["from_run"] = str(run.path)
-    report = FinetuneReport(run_dir=str(run_dir), from_run=str(run.path), unfreeze_requested=opts["unfreeze"],
-                            head_metrics=dict(run.meta.get("metrics") or {}))
+    run_dir, state = _prepare_run_dir(options, log)
+    run = load_run(state["options"]["from_run"]) if options.resume else _pick_source_run(options, log)
+    if options.resume:
+        return _finetune_in(run_dir, state, run, options, log)
+    state["options"]["from_run"] = str(run.path)
+    made = _start_run_dir(run_dir, state)
+    try:
+        return _finetune_in(run_dir, state, run, options, log)
+    except BaseException:
+        # Refused, failed or interrupted before an epoch finished: nothing of value to resume.
+        if state["epochs_done"] == 0 and not (run_dir / "head.json").exists():
+            shutil.rmtree(run_dir if made else run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        raise
 
-    cache_path = location(opts["cache"] or (run.meta.get("cache") or {}).get("path") or "")
+
+def _finetune_in(run_dir: Path, state: dict, run, options: FinetuneOptions, log) -> FinetuneReport:
+    from tqdm import tqdm
+
+    from headstart.embedder.backbones import build_backbone
+    from headstart.embedder.tf_runtime import import_keras
+
+    started = time.perf_counter()
+    opts = state["options"]
+    report = FinetuneReport(run_dir=str(run_dir), from_run=str(run.path), unfreeze_requested=opts["unfreeze"],
+                            head_metrics=dict(run.record.metrics))
+
+    cache_path = location(opts["cache"] or run.record.cache.path or "")
     if not cache_path.is_file():
         raise UsageError(f"the head's cache {cache_path} is gone; pass --cache with a cache of the same fingerprint")
     cache = open_cache(cache_path)
@@ -409,8 +460,9 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     num_classes = len(run.classes)
     strategy = mirrored_strategy(select_devices(opts.get("devices")))
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    fresh = state["epochs_done"] == 0 and not state.get("model_file")
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        if state["epochs_done"] == 0 and not state.get("model_file"):
+        if fresh:
             keras.utils.set_random_seed(opts["seed"])
             backbone = build_backbone(resolved)
             size = int(backbone.inputs[0].shape[1])  # a model file's own size is known once built
@@ -419,7 +471,8 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
             state["warm_start"] = report.warm_start
             names, clamped = unfreeze_top(backbone, opts["unfreeze"])
             state["unfrozen_layers"], state["unfreeze_clamped"] = names, clamped
-            loss = keras.losses.CategoricalCrossentropy(label_smoothing=float(run.meta.get("params", {}).get("label_smoothing", 0.0) or 0.0))
+            loss = keras.losses.CategoricalCrossentropy(
+                label_smoothing=float(run.record.params.get("label_smoothing") or 0.0))
             model.compile(optimizer=keras.optimizers.Adam(opts["lr"]), loss=loss, metrics=["accuracy"])
         else:
             keras.utils.set_random_seed(opts["seed"] + state["epochs_done"])
@@ -452,6 +505,9 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
     fit_val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"], drop_remainder=True,
                           recipe=recipe) if replicas > 1 else val_ds
     steps = len(train.paths) // batch if replicas > 1 else -(-len(train.paths) // batch)
+    if fresh:
+        _evaluate_start(model, run_dir, fit_val_ds, state, log)
+    report.start_metrics = dict(state.get("start") or {})
 
     def bar_factory(epoch):
         if not options.progress:
@@ -468,11 +524,15 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
                       callbacks=[checkpointer], verbose=0, shuffle=False)
     best = state["best"]
     if best.get("weights"):
-        model.load_weights(str(run_dir / CHECKPOINT_DIR / best["weights"]))
+        with warnings.catch_warnings():  # the epoch-0 weights predate the optimizer's state; it is not needed now
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(str(run_dir / CHECKPOINT_DIR / best["weights"]))
     report.history = state["history"]
     report.epochs_run = state["epochs_done"]
     report.best_epoch = int(best.get("epoch") or 0)
     report.seconds_per_epoch = float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else 0.0
+    if report.best_epoch == 0 and report.start_metrics:
+        log("no epoch beat the warm start on the validation images; kept the starting head's network")
 
     report.metrics = _finish_run(run_dir, model, run, cache, val, val_ds, state, report, images_root)
     report.elapsed_s = time.perf_counter() - started
@@ -480,24 +540,26 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
 
 
 def _prepare_run_dir(options: FinetuneOptions, log) -> tuple[Path, dict]:
-    """A new run folder with fresh state, or (``--resume``) the unfinished one and its state."""
+    """The unfinished run folder and its state (``--resume``), or a new folder's path and
+    fresh state (nothing is created yet: :func:`_start_run_dir` does, once the source run is known)."""
     if options.resume:
         run_dir = Path(options.out) if options.out else find_unfinished(options.runs_dir)
         if run_dir is None:
             raise UsageError(f"--resume: no unfinished fine-tune under {options.runs_dir}/ (pass --out RUN_DIR)")
-        state = _read_state(run_dir)
-        if state is None:
-            raise UsageError(f"--resume: {run_dir} holds no fine-tune checkpoint")
         if (run_dir / "head.json").exists():
             raise UsageError(f"--resume: {run_dir} is already finished")
+        state = _read_state(run_dir)
+        if state is None:
+            raise UsageError(f"--resume: {run_dir} holds no fine-tune checkpoint (it stopped before its first "
+                             f"epoch); run the same command without --resume to start it again")
         return run_dir, state
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(options.out) if options.out else Path(options.runs_dir) / f"{stamp}-finetune"
-    if _read_state(run_dir) is not None and not (run_dir / "head.json").exists():
+    previous = _read_state(run_dir)
+    if previous is not None and not (run_dir / "head.json").exists() and previous.get("epochs_done", 0) > 0:
         raise UsageError(f"an unfinished fine-tune is in {run_dir}; pass --resume to continue it, or another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p for p in run_dir.iterdir() if not _started_only(p)):
         raise UsageError(f"--out {run_dir} exists and is not empty; choose another folder")
-    (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     state = {
         "options": {
             "from_run": str(options.from_run) if options.from_run else None,
@@ -513,11 +575,31 @@ def _prepare_run_dir(options: FinetuneOptions, log) -> tuple[Path, dict]:
     return run_dir, state
 
 
+def _started_only(entry: Path) -> bool:
+    """A checkpoint folder a fine-tune left before finishing its first epoch (killed): no
+    finished epoch in it, so a new fine-tune may start over in its place."""
+    if entry.name != CHECKPOINT_DIR or not entry.is_dir():
+        return False
+    state = _read_state(entry.parent)
+    return state is None or state.get("epochs_done", 0) == 0
+
+
+def _start_run_dir(run_dir: Path, state: dict) -> bool:
+    """Create the run folder (over what a killed fine-tune left before its first epoch) and
+    write the first state, so ``--resume`` finds it from now on. True if the folder is new."""
+    made = not run_dir.exists()
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    _write_state(run_dir, state)
+    return made
+
+
 def _finish_run(run_dir: Path, model, run, cache, val: _Examples, val_ds, state: dict, report: FinetuneReport,
                 images_root: Path) -> dict:
     """Evaluate on the validation images, write the run folder (head.json last), drop checkpoints."""
     from .evaluate import summarize, write_evaluation
-    from .runs import json_default
+    from .run_meta import CacheRef, RunMeta
+    from .runs import file_sha256, json_default
 
     probabilities, labels = [], []
     for images, onehot in val_ds:
@@ -527,39 +609,47 @@ def _finish_run(run_dir: Path, model, run, cache, val: _Examples, val_ds, state:
     labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     val_paths = [str(location(p).relative_to(images_root)) for p in val.paths][: len(labels)]
     history = {k: [h[k] for h in state["history"] if k in h] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-    metrics = write_evaluation(run_dir, labels, probabilities, list(run.classes), val_paths, history=history)
+    metrics = write_evaluation(run_dir, labels, probabilities, list(run.classes), val_paths, history=history,
+                               best_epoch=int(state["best"].get("epoch") or 0), images_root=images_root)
     model.save(run_dir / FULL_MODEL_FILE)
     backbone, weights = backbone_sources(run.meta)
-    meta = {
-        "kind": "finetuned",
-        "head_type": "dense",
-        "finetuned_from": str(run.path),
-        "classes": list(run.classes),
-        "fingerprint": run.fingerprint,
-        "cache": {"path": str(cache.path), "images_root": str(images_root)},
-        "backbone_sources": {"backbone": backbone, "weights": weights},
-        "feature_dim": run.meta.get("feature_dim"),
-        "input_size": int(model.inputs[0].shape[1]),
-        "params": dict(state["options"], finetuned_from=str(run.path)),
-        "split": run.meta.get("split"),
-        "unfrozen_layers": state["unfrozen_layers"],
-        "unfreeze_clamped": state["unfreeze_clamped"],
-        "warm_start": state.get("warm_start", {}),
-        "model_file": FULL_MODEL_FILE,
-        "metrics": summarize(metrics),
-        "head_metrics": report.head_metrics,
-        "best_epoch": int(state["best"].get("epoch") or 0),
-        "epochs_run": state["epochs_done"],
-        "history": state["history"],
-        "train_seconds": float(sum(h["seconds"] for h in state["history"])),
-        "seconds_per_epoch": report.seconds_per_epoch,
-        "train_images": report.train_images,
-        "val_images": report.val_images,
-        "skipped": report.skipped,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-    }
-    write_text_atomic(run_dir / "head.json", json.dumps(meta, indent=2, default=json_default) + "\n")
+    meta = RunMeta(
+        kind="finetuned",
+        head_type="dense",
+        finetuned_from=str(run.path),
+        classes=list(run.classes),
+        fingerprint=run.fingerprint,
+        cache=CacheRef(path=str(cache.path), images_root=str(images_root),
+                       content_digest=cache.attrs.get("content_digest"), rows=int(cache.num_rows),
+                       files=int(len(cache.paths))),
+        backbone_sources={"backbone": backbone, "weights": weights},
+        feature_dim=run.record.feature_dim,
+        input_size=int(model.inputs[0].shape[1]),
+        params=dict(state["options"], finetuned_from=str(run.path)),
+        split=run.record.split,
+        unfrozen_layers=state["unfrozen_layers"],
+        unfreeze_clamped=state["unfreeze_clamped"],
+        warm_start=state.get("warm_start", {}),
+        model_file=FULL_MODEL_FILE,
+        model_sha256=file_sha256(run_dir / FULL_MODEL_FILE),
+        metrics=summarize(metrics),
+        head_metrics=report.head_metrics,
+        start_metrics=report.start_metrics or None,
+        best_epoch=int(state["best"].get("epoch") or 0),
+        epochs_run=state["epochs_done"],
+        stopped_early=bool(state.get("stopped_early", False)),
+        history=state["history"],
+        train_seconds=float(sum(h["seconds"] for h in state["history"])),
+        seconds_per_epoch=report.seconds_per_epoch,
+        train_images=report.train_images,
+        val_images=report.val_images,
+        skipped=report.skipped,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        versions=library_versions(),
+    )
+    write_text_atomic(run_dir / "head.json", json.dumps(meta.to_json(), indent=2, default=json_default) + "\n")
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    return meta["metrics"]
+    from .train import write_report_quietly
 
+    write_report_quietly(run_dir, report.warnings, lambda m: None)
+    return meta.metrics

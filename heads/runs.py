@@ -1,12 +1,16 @@
 """Run folders: written crash-safely, read back with checks, listed for the leaderboard.
 
-A run folder holds everything needed to use a head with no other input: the model
-(``model.keras`` for dense heads, ``model.npz`` for scikit-learn heads), ``head.json``
-(classes, fingerprint, params, split, metrics), ``metrics.json`` and the plots.
+A run folder holds everything needed to use a head with no other input: the model (its
+kind's file: ``model.keras`` for dense heads, ``model.npz`` for the numpy kinds), ``head.json``
+(classes, fingerprint, params, split, metrics: :class:`heads.run_meta.RunMeta`),
+``metrics.json`` and the plots. Which kind reads the model is looked up in the kinds
+registry (:mod:`heads.kinds`) by head.json's ``head_type``.
 
 Crash safety: a run is assembled in a hidden sibling folder (``.NAME.tmp-PID``) and renamed
 into place only once complete, ``head.json`` written last. So a folder named like a run
 either is complete or has no ``head.json``, and :func:`load_run` says which file is missing.
+A ``model_file`` that points outside its run folder (``../x``, an absolute path) marks a
+damaged run: nothing is read from there.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from headstart.embedder.atomic import TMP_MARKER, fsync_dir, write_text_atomic
 from headstart.embedder.errors import HeadstartError, UsageError
 from headstart.embedder.hashing import file_sha256
 
+from .kinds import KINDS, ModelFileError, get_kind
+from .run_meta import FORMAT_VERSION, RunMeta, RunMetaError
+
 RUN_META = "head.json"
-FORMAT_VERSION = 1
-MODEL_FILES = {"dense": "model.keras", "logreg": "model.npz", "svm": "model.npz", "knn": "model.npz"}
 _REQUIRED_META = ("classes", "fingerprint", "head_type", "feature_dim")
 
 
@@ -37,40 +42,59 @@ class RunError(HeadstartError):
 
 @dataclass
 class Run:
-    """A loaded run folder. The model itself loads on first use."""
+    """A loaded run folder: ``record`` is its head.json as a :class:`RunMeta` (``meta`` the
+    JSON object as read, for tools). The model itself loads on first use."""
 
     path: Path
     meta: dict
-    _model: Any = field(default=None, repr=False)
+    record: RunMeta = field(default=None)  # type: ignore[assignment]
+    _head: Any = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.record is None:
+            self.record = RunMeta.from_json(self.meta)
 
     @property
     def kind(self) -> str:
-        return str(self.meta.get("kind", "head"))
+        return self.record.kind
 
     @property
     def classes(self) -> list[str]:
-        return [str(c) for c in self.meta["classes"]]
+        return list(self.record.classes)
 
     @property
     def fingerprint(self) -> dict:
-        return dict(self.meta["fingerprint"])
+        return dict(self.record.fingerprint)
 
     @property
     def head_type(self) -> str:
-        return str(self.meta.get("head_type", "?"))
+        return self.record.head_type
 
     @property
     def feature_dim(self) -> int:
-        return int(self.meta["feature_dim"])
+        return int(self.record.feature_dim)
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.meta.get("model_file", MODEL_FILES.get(self.head_type, "model.keras"))
+        name = self.record.model_file
+        if name is None and self.kind == "head":
+            name = get_kind(self.head_type).model_file
+        return contained(self.path, name or "model.keras")
 
     def _require_head(self, what: str) -> None:
         if self.kind != "head":
             raise RunError(f"run {self.path} is a {self.kind} run; {what} needs a head trained on cached features "
                            f"(`headstart head train`)")
+
+    def head(self):
+        """The fitted head (a :class:`heads.kinds.Head` of the run's kind), loaded once."""
+        self._require_head("a head")
+        if self._head is None:
+            try:
+                self._head = get_kind(self.head_type).load(self.path, self.model_path.name)
+            except ModelFileError as exc:
+                raise RunError(f"run {self.path} is damaged: {self.model_path.name}: {exc}") from None
+        return self._head
 
     def keras_head(self):
         """The dense head as a Keras model: features [D] float32 -> probabilities [C]."""
@@ -78,27 +102,7 @@ class Run:
         if self.head_type != "dense":
             raise RunError(f"run {self.path} has a {self.head_type} head (scikit-learn), not a Keras model; "
                            f"train one with `headstart head train --head dense`")
-        if self._model is None:
-            from headstart.embedder.tf_runtime import import_keras
-
-            keras = import_keras()
-            try:
-                self._model = keras.models.load_model(self.model_path, compile=False)
-            except Exception as exc:
-                raise RunError(f"run {self.path} is damaged: {self.model_path.name} cannot be loaded "
-                               f"({type(exc).__name__}: {_first_line(exc)})") from None
-        return self._model
-
-    def numpy_head(self):
-        self._require_head("a scikit-learn head")
-        if self._model is None:
-            from .numpy_heads import ModelFileError, NumpyHead
-
-            try:
-                self._model = NumpyHead.load(self.model_path)
-            except ModelFileError as exc:
-                raise RunError(f"run {self.path} is damaged: {self.model_path.name}: {exc}") from None
-        return self._model
+        return self.head().model_
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities [N, C] for pooled features [N, D] of the run's fingerprint."""
@@ -107,11 +111,23 @@ class Run:
         if x.ndim != 2 or x.shape[1] != self.feature_dim:
             raise UsageError(f"run {self.path} expects features of {self.feature_dim} values per row, got "
                              f"shape {list(x.shape)}; were they made by another backbone?")
-        if self.head_type == "dense":
-            from .dense import predict_keras
+        return self.head().predict_proba(x)
 
-            return predict_keras(self.keras_head(), x)
-        return self.numpy_head().predict_proba(x)
+
+def contained(folder: Path, name: str) -> Path:
+    """``folder/name``, refused (RunError) unless it stays inside ``folder``: a run's files are
+    its own, and a head.json naming ``../../x`` or ``/etc/x`` is damaged, not a pointer."""
+    relative = Path(str(name))
+    if not str(name).strip() or relative.is_absolute() or ".." in relative.parts:
+        raise RunError(f"run {folder} is damaged: its model_file {str(name)!r} points outside the run folder")
+    target = folder / relative
+    try:
+        inside = target.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        inside = False
+    if not inside:
+        raise RunError(f"run {folder} is damaged: its model_file {str(name)!r} points outside the run folder")
+    return target
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -129,28 +145,38 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"run {path} is damaged: {RUN_META} is not readable JSON ({_first_line(exc)})") from None
     if not isinstance(meta, dict):
         raise RunError(f"run {path} is damaged: {RUN_META} is not a JSON object")
-    run = Run(path=path, meta=meta)
+    try:
+        record = RunMeta.from_json(meta)
+    except RunMetaError as exc:
+        raise RunError(f"run {path} is damaged: {RUN_META}: {exc}") from None
+    run = Run(path=path, meta=meta, record=record)
     if run.kind != "head":
-        model_file = meta.get("model_file")
-        if model_file and not (path / model_file).exists():
-            raise RunError(f"run {path} is incomplete: {model_file} is missing")
+        if record.model_file:
+            model = contained(path, record.model_file)
+            if not model.exists():
+                raise RunError(f"run {path} is incomplete: {record.model_file} is missing")
+            _check_sha256(run, model)
         return run
     missing = [key for key in _REQUIRED_META if key not in meta]
     if missing:
         raise RunError(f"run {path} is incomplete: {RUN_META} lacks {missing[0]!r}")
-    if run.head_type not in MODEL_FILES:
+    if run.head_type not in KINDS:
         raise RunError(f"run {path} has an unknown head type {run.head_type!r}; a newer headstart may read it")
-    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
-        raise RunError(f"run {path} has run format {meta['format_version']}, newer than this headstart "
+    if record.format_version > FORMAT_VERSION:
+        raise RunError(f"run {path} has run format {record.format_version}, newer than this headstart "
                        f"understands ({FORMAT_VERSION}); upgrade headstart")
     model = run.model_path
     if not model.is_file():
         raise RunError(f"run {path} is incomplete: {model.name} is missing")
-    expected = meta.get("model_sha256")
-    if expected and file_sha256(model) != expected:
-        raise RunError(f"run {path} is damaged: {model.name} does not match the checksum in {RUN_META}; "
-                       f"retrain it or restore the file")
+    _check_sha256(run, model)
     return run
+
+
+def _check_sha256(run: Run, model: Path) -> None:
+    expected = run.record.model_sha256
+    if expected and file_sha256(model) != expected:
+        raise RunError(f"run {run.path} is damaged: {model.name} does not match the checksum in {RUN_META}; "
+                       f"retrain it or restore the file")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -275,11 +301,11 @@ class RunWriter:
         self.folder.mkdir()
         return self
 
-    def commit(self, meta: dict) -> Path:
-        model_file = meta.get("model_file")
-        if model_file:
-            meta["model_sha256"] = file_sha256(self.folder / model_file)
-        write_text_atomic(self.folder / RUN_META, json.dumps(meta, indent=2, default=json_default) + "\n")
+    def commit(self, meta: RunMeta) -> Path:
+        """Write head.json (with the model's checksum) and move the run into place."""
+        if meta.model_file:
+            meta.model_sha256 = file_sha256(self.folder / meta.model_file)
+        write_text_atomic(self.folder / RUN_META, json.dumps(meta.to_json(), indent=2, default=json_default) + "\n")
         fsync_dir(self.folder)
         if self.final.is_dir():
             self.final.rmdir()  # an empty folder the user made for us

@@ -22,16 +22,46 @@ and the same bytes under two paths always land on the same side.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from headstart.embedder.errors import UsageError
 
 SPLITS = ("train", "val", "test")
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SEED = 0
 # How held out a split name is: bytes filed under two splits go to the most held-out one.
 SPLIT_PRIORITY = {"": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
 _NAMES = {0: "train", 1: "train", 2: "val", 3: "test"}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What decides a hash split: the validation fraction and the seed.
+
+    :meth:`of_run` is the one rule for reading them back from a run, so ``head eval``,
+    ``finetune`` and anything else that reproduces a run's split agree on the fallback.
+    """
+
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = DEFAULT_SEED
+
+    @classmethod
+    def of_run(cls, split: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None) -> "SplitSpec":
+        """A run's split: what head.json's ``split`` records, else its ``params``, else the defaults
+        (runs have recorded ``split`` since the first format; the fallbacks are for hand-made files)."""
+        split, params = dict(split or {}), dict(params or {})
+
+        def pick(name: str, default):
+            for source in (split, params):
+                if source.get(name) is not None:
+                    return source[name]
+            return default
+
+        return cls(val_fraction=float(pick("val_fraction", DEFAULT_VAL_FRACTION)),
+                   seed=int(pick("seed", DEFAULT_SEED)))
 
 
 def check_val_fraction(val_fraction: float) -> float:

@@ -18,84 +18,68 @@ from typing import Any, Callable
 
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 
+from .choose import resolve_cache
 from .data import load_labelled
+from .kinds.base import Option, get_kind, kind_names, option_table
 from .leaderboard import leaderboard_rows, sort_rows
-from .params import APPLIES, FLAGS, HEAD_TYPES, HeadParams, make_params, parse_hidden
+from .params import COMMON, HeadParams, make_params
 from .runs import timestamp
-from .train import TrainReport, resolve_cache, train_on
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "epochs": int, "batch_size": int, "lr": float, "dropout": float, "l2": float, "label_smoothing": float,
-    "patience": int, "C": float, "max_iter": int, "k": int, "seed": int, "class_weight": str,
-    "hidden": parse_hidden, "standardize": lambda v: _parse_bool(v), "views": lambda v: _parse_views(v),
-}
+from .train import TrainReport, train_on
 
 
-def _parse_views(value: str) -> int:
-    """``0``/``none`` (clean rows only), ``all`` (every cached view), or ``N`` (the first N)."""
-    text = value.strip().lower()
-    if text in ("none", "off"):
-        return 0
-    if text == "all":
-        return -1
-    views = int(text)
-    if views < 0:
-        raise ValueError(text)
-    return views
-
-
-def _parse_bool(value: str) -> bool:
-    text = value.strip().lower()
-    if text in ("on", "true", "yes", "1"):
-        return True
-    if text in ("off", "false", "no", "0"):
-        return False
-    raise UsageError(f"--standardize takes on/off values, got {value!r}")
+def grid_options() -> dict[str, Option]:
+    """Every option a sweep takes alternatives for: the run-level ones and every kind's."""
+    return {**{name: option for name, (option, _) in option_table().items()}, **COMMON}
 
 
 def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
-    """{"lr": "1e-3,3e-4"} -> {"lr": [0.001, 0.0003]}; None values are dropped."""
+    """{"lr": "1e-3,3e-4"} -> {"lr": [0.001, 0.0003]}; None values are dropped.
+
+    Each value is read by the parser its kind declared (:class:`heads.kinds.Option`)."""
+    known = grid_options()
     grid: dict[str, list] = {}
     for name, text in options.items():
         if text is None:
             continue
         if name == "head":
             values = [v.strip().lower() for v in str(text).split(",") if v.strip()]
-            bad = [v for v in values if v not in HEAD_TYPES]
+            bad = [v for v in values if v not in kind_names()]
             if bad or not values:
-                raise UsageError(f"--head takes a list of {', '.join(HEAD_TYPES)}, got {text!r}")
+                raise UsageError(f"--head takes a list of {', '.join(kind_names())}, got {text!r}")
             grid["head"] = list(dict.fromkeys(values))
             continue
-        parse = _PARSERS[name]
+        option = known[name]
         values = []
         for part in str(text).split(","):
             if not part.strip():
                 continue
             try:
-                values.append(parse(part.strip()))
+                values.append(option.parse(part.strip()))
             except ValueError:
-                raise UsageError(f"{FLAGS[name]}: cannot read {part.strip()!r}") from None
+                raise UsageError(f"{option.flag}: cannot read {part.strip()!r}") from None
         if not values:
-            raise UsageError(f"{FLAGS[name]} needs at least one value")
+            raise UsageError(f"{option.flag} needs at least one value")
         grid[name] = list(dict.fromkeys(values))
     return grid
+
+
+def _applies(name: str, head: str) -> bool:
+    return name in COMMON or name in get_kind(head).param_names()
 
 
 def expand(grid: dict[str, list], val_fraction: float | None = None) -> list[HeadParams]:
     """Every setting of the sweep, validated (a bad value fails before anything trains)."""
     grid = dict(grid)
     heads = grid.pop("head", ["dense"])
-    unused = [name for name in grid if not any(name in APPLIES[h] for h in heads)]
+    unused = [name for name in grid if not any(_applies(name, h) for h in heads)]
     if unused:
-        raise UsageError(f"{FLAGS[unused[0]]} applies to none of the heads in this sweep ({', '.join(heads)})")
+        raise UsageError(f"{grid_options()[unused[0]].flag} applies to none of the heads in this sweep "
+                         f"({', '.join(heads)})")
     settings = []
     for head in heads:
-        names = [name for name in grid if name in APPLIES[head]]
+        names = [name for name in grid if _applies(name, head)]
         for combo in itertools.product(*(grid[name] for name in names)):
-            options = dict(zip(names, combo))
-            if "hidden" in options:
-                options["hidden"] = "x".join(str(w) for w in options["hidden"]) or "0"
-            settings.append(make_params(head, val_fraction=val_fraction, **options))
+            settings.append(make_params(head, val_fraction=val_fraction, **dict(zip(names, combo))))
     return settings
 
 
@@ -141,7 +125,8 @@ def run_sweep(
     warnings: list[str] = []
     for i, params in enumerate(settings, start=1):
         log(f"[{i}/{len(settings)}] {params.head_type} {params.describe()}")
-        report = train_on(data, params, out / f"{i:02d}-{params.head_type}", log=log, progress=progress)
+        report = train_on(data, params, out / f"{i:02d}-{params.head_type}", log=log, progress=progress,
+                          pictures=False)  # `headstart report RUN` draws any of them
         reports.append(report)
         warnings.extend(w for w in report.warnings if w not in warnings)
     runs = [(Path(r.run), _meta_of(r)) for r in reports]

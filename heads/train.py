@@ -17,15 +17,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from headstart.embedder.cache import latest_cache, library_versions, open_cache
+from headstart.embedder.cache import library_versions, open_cache
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from headstart.embedder.fingerprint import describe, require_same
 from headstart.embedder.storage import location
 
+from .choose import choose_run, resolve_cache
 from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled, training_views
 from .evaluate import compute_metrics, summarize, write_evaluation
 from .params import HeadParams
-from .runs import FORMAT_VERSION, RunWriter, load_run, new_run_path, timestamp
+from .run_meta import CacheRef, RunMeta, SplitRecord
+from .runs import RunWriter, load_run, new_run_path, timestamp
 from .standardize import Standardizer
 
 Log = Callable[[str], None]
@@ -60,15 +62,6 @@ class TrainReport:
         return asdict(self)
 
 
-def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache", log: Log = _quiet) -> Path:
-    """The cache to use: the one given, else the newest under ``cache_dir`` (and say so)."""
-    if cache is not None:
-        return location(cache)
-    path = latest_cache(cache_dir)
-    log(f"using cache {path} (the newest under {cache_dir}/)")
-    return path
-
-
 def train_head(
     params: HeadParams,
     cache: str | os.PathLike | None = None,
@@ -90,15 +83,13 @@ def train_head(
     return report
 
 
-def class_weights_for(y_train: np.ndarray, num_classes: int) -> np.ndarray:
-    """'balanced': n / (C * n_c), as scikit-learn and Keras users know it."""
-    counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
-    return np.where(counts > 0, len(y_train) / (num_classes * np.maximum(counts, 1)), 0.0)
-
-
 def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _quiet,
-             progress: bool = False) -> TrainReport:
-    """Fit ``params`` on ``data``'s training rows, evaluate, and write the run folder ``out``."""
+             progress: bool = False, pictures: bool = True) -> TrainReport:
+    """Fit ``params`` on ``data``'s training rows, evaluate, and write the run folder ``out``.
+
+    ``pictures``: the mistakes' contact sheet and ``report.html`` (about a second: the images
+    are decoded again); a sweep leaves them to ``headstart report RUN``.
+    """
     started = time.perf_counter()
     warnings = check_trainable(data)
     if "val_fraction" in params.given and data.split_source == "layout":
@@ -116,99 +107,97 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
     x_test, y_test, test_paths = data.subset("test")
     num_classes = len(data.classes)
     standardizer = Standardizer.fit(x_train) if params.standardize else None
-    weights = class_weights_for(y_train, num_classes) if params.class_weight == "balanced" else None
+    head = params.head.clone()  # params stay unfitted (a sweep, a rerun)
 
     # Library imports take seconds once per process; they are not the head's training time.
-    if params.head_type == "dense":
-        from headstart.embedder.tf_runtime import import_tf
-
-        import_tf()
-    else:
-        from .classic import preload
-
-        preload()
+    type(head).preload()
     fit_started = time.perf_counter()
-    if params.head_type == "dense":
-        from .dense import train_dense
-
-        with _epoch_bar(params, progress) as on_epoch:
-            fit = train_dense(x_train, y_train, x_val, y_val, num_classes, params, weights, standardizer, on_epoch)
-        params.batch_size = fit.batch_size
-    else:
-        from .classic import fit_classic
-
-        fit = fit_classic(x_train, y_train, num_classes, params, standardizer)
+    with _epoch_bar(head, progress) as on_epoch:
+        head.fit(x_train, y_train, num_classes=num_classes, seed=params.seed, standardizer=standardizer,
+                 validation=(x_val, y_val) if head.uses_validation else None, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - fit_started
-    warnings.extend(fit.warnings)
+    fitted = head.report_
+    warnings.extend(fitted.warnings)
 
-    proba_val = fit.predict_proba(x_val)
+    proba_val = head.predict_proba(x_val)
     test_metrics = None
     if len(y_test):
-        test_metrics = compute_metrics(y_test, fit.predict_proba(x_test), data.classes)
+        test_metrics = compute_metrics(y_test, head.predict_proba(x_test), data.classes)
     with RunWriter(out) as writer:
         metrics = write_evaluation(
-            writer.folder, y_val, proba_val, data.classes, list(val_paths), history=fit.history,
-            best_epoch=fit.best_epoch, extra={"split": "val", **({"test": test_metrics} if test_metrics else {})},
+            writer.folder, y_val, proba_val, data.classes, list(val_paths), history=fitted.history,
+            best_epoch=fitted.best_epoch, extra={"split": "val", **({"test": test_metrics} if test_metrics else {})},
+            images_root=data.images_root if pictures else None,
         )
-        model_file = fit.save(writer.folder)
+        model_file = head.save(writer.folder)
         summary = summarize(metrics)
         if test_metrics:
             summary["test"] = summarize(test_metrics)
-        meta = {
-            "kind": "head",
-            "format_version": FORMAT_VERSION,
-            "head_type": params.head_type,
-            "classes": list(data.classes),
-            "fingerprint": data.fingerprint,
-            "cache": {
-                "path": str(location(data.cache_path).resolve()),
-                "images_root": data.images_root,
-                "content_digest": data.cache_attrs.get("content_digest"),
-                "rows": int(len(data.keys)),
-                "files": int(data.num_files),
-            },
-            "feature_dim": data.dim,
-            "params": params.to_record(),
-            "split": split,
-            "metrics": summary,
-            "best_epoch": getattr(fit, "best_epoch", None),
-            "epochs_run": getattr(fit, "epochs_run", None),
-            "stopped_early": getattr(fit, "stopped_early", None),
-            "fit_info": getattr(fit, "info", {}),
-            "train_seconds": round(train_seconds, 4),
-            "model_file": model_file,
-            "warnings": warnings,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": library_versions(),
-        }
         sources = {"backbone": data.cache_attrs.get("backbone_source"),
                    "weights": data.cache_attrs.get("weights_source")}
-        if any(sources.values()):
-            meta["backbone_sources"] = sources
+        meta = RunMeta(
+            kind="head",
+            head_type=params.head_type,
+            classes=list(data.classes),
+            fingerprint=data.fingerprint,
+            cache=CacheRef(path=str(location(data.cache_path).resolve()), images_root=data.images_root,
+                           content_digest=data.cache_attrs.get("content_digest"), rows=int(len(data.keys)),
+                           files=int(data.num_files)),
+            feature_dim=data.dim,
+            params=params.to_record(fitted=head),
+            split=SplitRecord.from_json(split),
+            metrics=summary,
+            best_epoch=fitted.best_epoch,
+            epochs_run=fitted.epochs_run,
+            stopped_early=fitted.stopped_early,
+            fit_info=dict(fitted.info),
+            train_seconds=round(train_seconds, 4),
+            model_file=model_file,
+            warnings=warnings,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=library_versions(),
+            backbone_sources=sources if any(sources.values()) else None,
+        )
         final = writer.commit(meta)
+    if pictures:
+        write_report_quietly(final, warnings, log)
     return TrainReport(
-        run=str(final), head_type=params.head_type, params=meta["params"], metrics=summary,
-        per_class=metrics.get("per_class", {}), split=meta["split"], classes=list(data.classes),
+        run=str(final), head_type=params.head_type, params=meta.params, metrics=summary,
+        per_class=metrics.get("per_class", {}), split=meta.split.to_json(), classes=list(data.classes),
         cache=str(data.cache_path), fingerprint_text=describe(data.fingerprint), train_seconds=train_seconds,
-        total_seconds=time.perf_counter() - started, best_epoch=meta["best_epoch"], epochs_run=meta["epochs_run"],
-        stopped_early=meta["stopped_early"], test_metrics=summary.get("test"), warnings=warnings,
+        total_seconds=time.perf_counter() - started, best_epoch=meta.best_epoch, epochs_run=meta.epochs_run,
+        stopped_early=meta.stopped_early, test_metrics=summary.get("test"), warnings=warnings,
         # Images left out of training (labelling conflicts) need a look, like skipped images do.
         exit_code=EXIT_ATTENTION if data.conflicts else EXIT_OK,
     )
 
 
-class _epoch_bar:
-    """A tqdm bar over epochs on stderr (a no-op when not wanted)."""
+def write_report_quietly(run_dir: Path, warnings: list, log: Log) -> None:
+    """``report.html`` into a finished run; a report that cannot be made is a warning, never a
+    failed run (the run is complete without it: ``headstart report RUN`` can make it later)."""
+    from headstart.embedder.errors import HeadstartError
 
-    def __init__(self, params: HeadParams, enabled: bool):
-        self.params, self.enabled, self.bar = params, enabled, None
+    from .run_report import write_run_report
+
+    try:
+        write_run_report(run_dir)
+    except (HeadstartError, OSError) as exc:
+        warnings.append(f"report.html was not written ({exc}); `headstart report {run_dir}` retries")
+        log(f"warning: {warnings[-1]}")
+
+
+class _epoch_bar:
+    """A tqdm bar over epochs on stderr (a no-op when not wanted, or for kinds without epochs)."""
+
+    def __init__(self, head, enabled: bool):
+        self.head, self.enabled, self.bar = head, enabled and head.has_epochs, None
 
     def __enter__(self):
         if not self.enabled:
             return None
         from headstart.embedder.progress import progress_bar
 
-        self.bar = progress_bar(int(self.params.epochs), "dense head", unit="epoch")  # only on a terminal
+        self.bar = progress_bar(int(self.head.epochs), f"{self.head.name} head", unit="epoch")  # only on a terminal
 
         def on_epoch(epoch: int, logs: dict) -> None:
             self.bar.update(1)
@@ -245,34 +234,43 @@ EVAL_SPLITS = ("auto", "all", "train", "val", "test")
 
 
 def evaluate_run(
-    run_path: str | os.PathLike,
+    run_path: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     split: str = "auto",
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike = "cache",
     log: Log = _quiet,
+    runs_dir: str | os.PathLike = "runs",
 ) -> EvalReport:
     """Re-evaluate a saved head on a cache of the same fingerprint.
 
     ``split="auto"``: on the run's own cache, its validation rows (the same split,
     reproduced from the recorded seed and fraction); on any other cache, every labelled row.
+    Without ``run_path``, the cache (given, else the default one) chooses the run:
+    :func:`heads.choose.choose_run` among the head runs of its fingerprint and classes.
     """
     if split not in EVAL_SPLITS:
         raise UsageError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    run = load_run(run_path)
-    if run.kind != "head":
-        raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
-                         f"(use `headstart predict` on images)")
-    recorded_cache = (run.meta.get("cache") or {}).get("path")
-    if cache is None and recorded_cache and location(recorded_cache).is_file():
-        cache_path = location(recorded_cache)
-        log(f"using cache {cache_path} (the one the head was trained on)")
-    else:
+    if run_path is None:
         cache_path = resolve_cache(cache, cache_dir, log)
-    opened = open_cache(cache_path)
+        opened = open_cache(cache_path)
+        run = choose_run(runs_dir, cache=opened, kind="head", flag="RUN (a run folder)", log=log)
+    else:
+        run = load_run(run_path)
+        if run.kind != "head":
+            raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
+                             f"(use `headstart predict` on images)")
+        recorded_cache = run.record.cache.path
+        if cache is None and recorded_cache and location(recorded_cache).is_file():
+            cache_path = location(recorded_cache)
+            log(f"using cache {cache_path} (the one the head was trained on)")
+        else:
+            cache_path = resolve_cache(cache, cache_dir, log, fingerprint=run.fingerprint)
+        opened = open_cache(cache_path)
     require_same(opened.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")
-    split_info = run.meta.get("split") or {}
-    data = load_labelled(opened, split_info.get("val_fraction", 0.2), split_info.get("seed", 0))
+    spec = run.record.split_spec
+    data = load_labelled(opened, spec.val_fraction, spec.seed)
+    recorded_cache = run.record.cache.path
     same_cache = bool(recorded_cache) and location(recorded_cache).resolve() == location(cache_path).resolve()
     chosen = ("val" if same_cache else "all") if split == "auto" else split
     rows = data.rows() if chosen == "all" else data.rows(chosen)
@@ -292,8 +290,9 @@ def evaluate_run(
     proba = run.predict_proba(data.features[rows])
     out = Path(out) if out is not None else run.path / "evals" / f"{timestamp()}-{location(cache_path).stem}-{chosen}"
     metrics = write_evaluation(out, y, proba, run.classes, list(data.paths[rows]),
-                               extra={"split": chosen, "run": str(run.path), "cache": str(cache_path)})
+                               extra={"split": chosen, "run": str(run.path), "cache": str(cache_path)},
+                               images_root=str(opened.images_root))
     return EvalReport(run=str(run.path), cache=str(cache_path), split=chosen, out=str(out),
                       metrics=summarize(metrics), per_class=metrics.get("per_class", {}),
-                      recorded=dict(run.meta.get("metrics") or {}), warnings=warnings,
+                      recorded=dict(run.record.metrics), warnings=warnings,
                       exit_code=EXIT_ATTENTION if data.conflicts else EXIT_OK)

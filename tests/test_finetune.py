@@ -192,3 +192,49 @@ def test_hymenoptera_finetune_keeps_val_accuracy(tmp_path, run_cli):
     report = _finetune(run_cli, {"run": head}, tmp_path / "ft", "--epochs", "2", "--unfreeze", "4")
     assert report["val_images"] == 153
     assert report["metrics"]["accuracy"] >= head_acc - 0.01, (head_acc, report["metrics"])
+
+
+def test_the_kept_model_is_never_worse_than_the_warm_start(tmp_path, run_cli, head_run):
+    """A learning rate that wrecks the network: no epoch beats epoch 0 (the warm start, evaluated
+    before any step), so the starting head's network is what the run keeps."""
+    code, out, err = run_cli("finetune", "--from", head_run["run"], "--out", tmp_path / "ft", "--unfreeze", "2",
+                             "--epochs", "2", "--lr", "1.0", "--no-augment", "--patience", "5")
+    assert code == 0, err
+    assert "kept the warm start (no epoch beat it)" in out and "at the start" in out
+    meta = json.loads((tmp_path / "ft" / "head.json").read_text())
+    assert meta["best_epoch"] == 0 and meta["epochs_run"] == 2
+    start, final = meta["start_metrics"], meta["metrics"]
+    assert final["accuracy"] == pytest.approx(start["val_accuracy"])
+    assert final["log_loss"] == pytest.approx(start["val_loss"], rel=1e-3, abs=1e-4)
+    assert all(h["val_accuracy"] <= start["val_accuracy"] for h in meta["history"])
+    assert meta["head_metrics"]["accuracy"] == json.loads((head_run["run"] / "head.json").read_text())["metrics"]["accuracy"]
+
+    report = _finetune(run_cli, head_run, tmp_path / "ft2", "--unfreeze", "1", "--epochs", "1", "--no-augment")
+    assert set(report["start_metrics"]) == {"val_loss", "val_accuracy"}
+    assert report["metrics"]["accuracy"] >= report["start_metrics"]["val_accuracy"]
+
+
+def test_a_refused_or_killed_finetune_leaves_nothing_in_the_way(tmp_path, run_cli, head_run):
+    out = tmp_path / "ft"
+    code, _, err = run_cli("finetune", "--from", head_run["run"], "--images", tmp_path / "gone", "--out", out)
+    assert code == 2 and "images folder" in err
+    assert not out.exists()  # refused after the folder was made: removed again
+
+    # killed between creating the folder and its first state: neither --resume nor a fresh run is stuck
+    (out / "checkpoint").mkdir(parents=True)
+    code, _, err = run_cli("finetune", "--resume", "--out", out)
+    assert code == 2 and "stopped before its first epoch" in err and "without --resume" in err
+    report = _finetune(run_cli, head_run, out, "--epochs", "1", "--unfreeze", "1", "--no-augment")
+    assert report["epochs_run"] == 1 and not (out / "checkpoint").exists()
+
+    # killed before its first epoch ended: --resume starts it from the beginning
+    from headstart.heads.finetune import FinetuneOptions, _prepare_run_dir, _start_run_dir
+
+    again = tmp_path / "again"
+    run_dir, state = _prepare_run_dir(FinetuneOptions(from_run=head_run["run"], out=again, epochs=1, unfreeze=1,
+                                                      augment=False), None)
+    state["options"]["from_run"] = str(head_run["run"])
+    _start_run_dir(run_dir, state)
+    code, stdout, err = run_cli("finetune", "--resume", "--out", again, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["epochs_run"] == 1 and (again / "head.json").exists()

@@ -133,7 +133,7 @@ def test_incomplete_or_damaged_run_folders(tmp_path, run_cli, good):
 
 
 def test_a_crash_while_writing_leaves_no_run(tmp_path, monkeypatch, good):
-    import headstart.heads.classic
+    from headstart.heads.kinds.arrays import ArrayHead
     from headstart.heads.params import make_params
     from headstart.heads.train import train_head
 
@@ -141,7 +141,7 @@ def test_a_crash_while_writing_leaves_no_run(tmp_path, monkeypatch, good):
         (Path(folder) / "model.npz").write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(headstart.heads.classic.ClassicFit, "save", boom)
+    monkeypatch.setattr(ArrayHead, "save", boom)
     with pytest.raises(RuntimeError):
         train_head(make_params("logreg"), cache=good, out=tmp_path / "r")
     assert list(tmp_path.iterdir()) == []  # neither the run nor its temporary folder

@@ -8,11 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from headstart.heads.classic import fit_classic
 from headstart.heads.evaluate import compute_metrics, misclassified_rows
+from headstart.heads.kinds import get_kind, make_head
 from headstart.heads.linear_svm import SquaredHingeSVC
-from headstart.heads.numpy_heads import NumpyHead
-from headstart.heads.params import make_params
 from headstart.heads.standardize import Standardizer
 
 
@@ -30,23 +28,22 @@ def _blobs(classes: int, n: int = 240, dim: int = 12, seed: int = 0, overlap: fl
 def test_reloaded_numpy_predictor_equals_sklearn_predict_proba(tmp_path, head, classes, standardize):
     x, y = _blobs(classes)
     x_new, _ = _blobs(classes, n=97, seed=1)
-    params = make_params(head, standardize=standardize, **({"k": 7} if head == "knn" else {}))
+    fit = make_head(head, **({"k": 7} if head == "knn" else {}))
     scaler = Standardizer.fit(x) if standardize else None
-    fit = fit_classic(x, y, classes, params, scaler)
-    fit.save(tmp_path)
-    reloaded = NumpyHead.load(tmp_path / "model.npz")
-    expected = fit.estimator.predict_proba(scaler.transform(x_new) if scaler else x_new)
+    fit.fit(x, y, num_classes=classes, standardizer=scaler)
+    assert fit.save(tmp_path) == "model.npz"
+    reloaded = get_kind(head).load(tmp_path)
+    expected = fit.estimator_.predict_proba(scaler.transform(x_new) if scaler else x_new)
     got = reloaded.predict_proba(x_new)
     assert got.shape == (97, classes)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-9)
-    assert np.mean(got.argmax(1) == fit.estimator.predict(scaler.transform(x_new) if scaler else x_new)) == 1.0
+    assert np.mean(got.argmax(1) == fit.estimator_.predict(scaler.transform(x_new) if scaler else x_new)) == 1.0
 
 
 def test_model_npz_holds_only_numeric_arrays(tmp_path):
     x, y = _blobs(3)
-    fit = fit_classic(x, y, 3, make_params("svm", standardize=True), Standardizer.fit(x))
-    fit.save(tmp_path)
+    make_head("svm").fit(x, y, num_classes=3, standardizer=Standardizer.fit(x)).save(tmp_path)
     with np.load(tmp_path / "model.npz", allow_pickle=False) as data:  # would raise on object arrays
         kinds = {name: data[name].dtype.kind for name in data.files}
     assert set(kinds) == {"head_type", "format_version", "coef", "intercept", "calib_a", "calib_b", "mean", "scale"}

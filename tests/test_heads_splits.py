@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,73 @@ def test_rows_dedupe_files_and_conflicting_labels_are_excluded(tmp_path):
     per_file = assign_splits(opened.keys[opened.rows], opened.labels, opened.splits, 0.2, 0)
     for row_index, split in zip(opened.rows, per_file):
         assert data.splits[row_index] == split
+
+
+# ---------------------------------------------------------------- one split for every stage
+
+
+def _layout_cache(tmp_path):
+    """Real image files (keys are their content hashes) in train/ and test/ folders; the only
+    val/ image has the same bytes as a test/ image. Head train sees no val row (the bytes go
+    to test, the most held-out), so it carves validation rows out of train by hash."""
+    import shutil
+
+    from conftest import make_class_folders
+    from headstart.embedder.cache import FileRecord, write_cache
+    from headstart.embedder.hashing import hash_files
+
+    root = tmp_path / "images"
+    make_class_folders(root, classes=("a", "b"), per_class=12, size=(32, 32), split="train")
+    make_class_folders(root, classes=("a", "b"), per_class=2, size=(32, 32), split="test", seed=1)
+    twin = sorted((root / "test" / "a").iterdir())[0]
+    (root / "val" / "a").mkdir(parents=True)
+    shutil.copy(twin, root / "val" / "a" / "twin.jpg")
+    files = sorted(p for p in root.rglob("*.jpg"))
+    keys = [str(k) for k in hash_files(files)]
+    rows = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    rng = np.random.default_rng(0)
+    labels = [0 if p.parent.name == "a" else 1 for p in files]
+    features = np.zeros((len(rows), 8), np.float32)
+    for key, label in zip(keys, labels):
+        features[rows[key]] = rng.normal(label * 2.0, 1.0, 8)
+    records = [FileRecord(str(p.relative_to(root)), k, lab, p.relative_to(root).parts[0])
+               for p, k, lab in zip(files, keys, labels)]
+    cache = tmp_path / "c.h5"
+    write_cache(cache, {"architecture": "TestNet", "weights": "none:seed=0"}, list(rows), features, records,
+                ["a", "b"], root, dtype="float32")
+    return cache, root
+
+
+def test_finetune_holds_out_exactly_the_content_keys_head_train_held_out(tmp_path, run_cli):
+    from headstart.embedder.cache import open_cache
+    from headstart.heads.finetune import FinetuneReport, _select_examples
+    from headstart.heads.runs import load_run
+
+    cache, root = _layout_cache(tmp_path)
+    code, _, err = run_cli("head", "train", "--cache", cache, "--head", "logreg", "--C", "1", "--seed", "4",
+                           "--out", tmp_path / "run", "-q")
+    assert code == 0, err
+    split = json.loads((tmp_path / "run" / "head.json").read_text())["split"]
+    assert split["source"] == "layout+hash" and split["seed"] == 4
+    data = load_labelled(cache, split["val_fraction"], split["seed"])
+    head_val = {str(k) for k in data.keys[data.rows("val")]}
+    head_train = {str(k) for k in data.keys[data.rows("train")]}
+    assert head_val and split["counts"]["val"] == len(head_val)
+    train, val = _select_examples(open_cache(cache), load_run(tmp_path / "run"), root, FinetuneReport("", ""))
+    assert set(val.keys) == head_val and set(train.keys) == head_train
+
+
+def test_eval_and_finetune_read_a_runs_split_by_one_rule(tmp_path, run_cli):
+    """A head.json whose split lacks seed and fraction falls back to its params, everywhere."""
+    cache = make_cache(tmp_path / "c.h5", per_class=30)
+    code, out, err = run_cli("head", "train", "--cache", cache, "--head", "knn", "--seed", "3", "--val-fraction", "0.35",
+                             "--out", tmp_path / "run", "--json")
+    assert code == 0, err
+    recorded = json.loads(out)["metrics"]
+    meta = json.loads((tmp_path / "run" / "head.json").read_text())
+    del meta["split"]["seed"], meta["split"]["val_fraction"]
+    (tmp_path / "run" / "head.json").write_text(json.dumps(meta))
+    code, out, err = run_cli("head", "eval", tmp_path / "run", "--json", "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["n"] == recorded["n"]
+    assert json.loads(out)["metrics"]["accuracy"] == pytest.approx(recorded["accuracy"])

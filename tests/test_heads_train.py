@@ -69,7 +69,7 @@ def test_each_head_beats_chance_and_writes_a_complete_run(tmp_path, run_cli, cac
     assert {"precision", "recall", "f1", "support"} == set(metrics["per_class"]["ants"])
     with open(out / "misclassified.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and list(rows[0]) == ["path", "true", "predicted", "confidence"]
+    assert rows and list(rows[0]) == ["path", "true", "predicted", "confidence", "abs_path"]  # resolvable paths
     assert len(rows) == metrics["misclassified"]
 
     # The run reloads with no other input and predicts what was evaluated.
@@ -114,7 +114,9 @@ def test_standardisation_and_fitting_see_training_rows_only(tmp_path, run_cli):
     train = opened.splits == "train"
     np.testing.assert_allclose(mean, features[train].mean(axis=0), rtol=1e-5, atol=1e-5)
     assert np.all(np.abs(mean - features.mean(axis=0)) > 5)  # all rows would include the +50 shift
-    reference = LogisticRegression(max_iter=1000, random_state=0).fit((features[train] - mean) / scale, labels[train])
+    used_c = json.loads((tmp_path / "run" / "head.json").read_text())["params"]["C"]  # cross-validated
+    reference = LogisticRegression(C=used_c, max_iter=1000, random_state=0).fit((features[train] - mean) / scale,
+                                                                                labels[train])
     np.testing.assert_allclose(coef, reference.coef_, rtol=1e-4, atol=1e-5)
 
 
@@ -229,19 +231,19 @@ def test_the_training_loop_matches_keras_fit():
     """The hand-written epoch loop is model.fit with class_weight, label smoothing and L2:
     full-batch steps from the same initial weights end at the same weights."""
     from headstart.embedder.tf_runtime import import_keras
-    from headstart.heads.dense import build_dense_head, train_dense
-    from headstart.heads.params import make_params
-    from headstart.heads.train import class_weights_for
+    from headstart.heads.dense import build_dense_head
+    from headstart.heads.kinds import make_head
+    from headstart.heads.kinds.base import balanced_class_weights
 
     keras = import_keras()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype(np.float32)
     y = (x[:, 0] > 0.3).astype(np.int64) + (x[:, 1] > 0.8)
     x_val, y_val = x[:16], y[:16]
-    params = make_params("dense", epochs=4, hidden="8", dropout=0.0, l2=1e-2, label_smoothing=0.1, lr=1e-2,
-                         batch_size=64, patience=0, class_weight="balanced", seed=3)
-    weights = class_weights_for(y, 3)
-    ours = train_dense(x, y, x_val, y_val, 3, params, weights).model
+    head = make_head("dense", epochs=4, hidden="8", dropout=0.0, l2=1e-2, label_smoothing=0.1, lr=1e-2,
+                     batch_size=64, patience=0, class_weight="balanced")
+    weights = balanced_class_weights(y, 3)
+    ours = head.fit(x, y, num_classes=3, seed=3, validation=(x_val, y_val)).model_
 
     keras.utils.set_random_seed(3)
     initial = build_dense_head(6, 3, (8,), 0.0).get_weights()

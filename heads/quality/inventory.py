@@ -5,10 +5,8 @@ reports reason about rows (two paths of the same bytes are one image to a head) 
 files, so this module works out, once and vectorised, each row's label (the one label its
 labelled files agree on; -1 when none or when they disagree: a *conflict*, which
 ``head train`` leaves out), a representative path, and the split ``head train`` will put it
-in: :func:`heads.data.row_table`, the rule :func:`heads.data.load_labelled` itself uses (the
-most held-out split any copy was filed under), handed to :func:`heads.splits.assign_splits`
-with the same seed and fraction, so a leakage report describes exactly the split a head
-will train on.
+in: :func:`heads.data.split_for`, the one split function every stage calls, with the same
+seed and fraction, so a leakage report describes exactly the split a head will train on.
 """
 
 from __future__ import annotations
@@ -22,11 +20,11 @@ from typing import Callable
 import numpy as np
 
 from headstart.embedder.cache import Cache, open_cache
-from headstart.embedder.errors import CacheError, UsageError
+from headstart.embedder.errors import UsageError
 
-from ..data import require_finite, row_table
-from ..splits import assign_splits, check_val_fraction, split_source
-from ..train import resolve_cache
+from ..choose import resolve_cache
+from ..data import require_finite, require_rows, split_for
+from ..splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, SplitSpec, check_val_fraction
 
 Log = Callable[[str], None]
 
@@ -97,24 +95,21 @@ class Inventory:
         return {row: sorted(names) for row, names in table.items()}
 
 
-def build_inventory(cache: Cache, val_fraction: float = 0.2, seed: int = 0) -> Inventory:
+def build_inventory(cache: Cache, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SEED) -> Inventory:
     """Resolve labels, conflicts, representative paths and ``head train``'s split per row."""
     val_fraction = check_val_fraction(val_fraction)
     if not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {seed}")
-    if cache.num_rows == 0 or len(cache.paths) == 0:
-        raise CacheError(f"cache {cache.path} is empty (no embedded images); run `headstart embed run` on a "
-                         f"folder with images")
-    table = row_table(cache)  # head train's own per-row labels and given splits
-    split = np.asarray(assign_splits(cache.keys, table.label, table.given, val_fraction=val_fraction, seed=seed),
-                       dtype=object)
+    require_rows(cache)
+    split = split_for(cache, SplitSpec(val_fraction, seed))  # exactly head train's split
+    table = split.table
     return Inventory(cache=cache, label=table.label, conflict=table.conflict, path=table.path,
-                     files=np.bincount(cache.rows, minlength=cache.num_rows).astype(np.int64), split=split,
-                     split_source=split_source(table.given), val_fraction=val_fraction, seed=int(seed))
+                     files=np.bincount(cache.rows, minlength=cache.num_rows).astype(np.int64), split=split.split,
+                     split_source=split.source, val_fraction=val_fraction, seed=int(seed))
 
 
 def open_inventory(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache",
-                   val_fraction: float = 0.2, seed: int = 0, log: Log = quiet) -> Inventory:
+                   val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SEED, log: Log = quiet) -> Inventory:
     return build_inventory(open_cache(resolve_cache(cache, cache_dir, log)), val_fraction, seed)
 
 
