@@ -50,24 +50,27 @@ def embed(images, backbone: str = "MobileNetV2", weights: str = "imagenet", cach
     return run_embedding(images, config, embed_options)
 
 
-def load_cache(path, val_fraction: float = 0.2, seed: int = 0):
+def load_cache(path, val_fraction: float | None = None, seed: int | None = None):
     """A cache as arrays: ``X`` [N, D] float32 features (one row per distinct image), ``y`` [N]
     class indices (-1 unlabelled), ``split`` [N] ('train'/'val'/'test', exactly as ``head train``
-    splits them), ``classes``, ``paths`` and ``keys``."""
+    splits them with the same ``val_fraction`` and ``seed``), ``classes``, ``paths`` and ``keys``."""
+    from .embedder import defaults
     from .heads.data import load_labelled
 
-    return _CacheArrays(load_labelled(path, val_fraction=val_fraction, seed=seed))
+    return _CacheArrays(load_labelled(path, val_fraction=defaults.VAL_FRACTION if val_fraction is None else val_fraction,
+                                      seed=defaults.SPLIT_SEED if seed is None else seed))
 
 
-def train_head(cache, head: str = "dense", out=None, *, runs_dir="runs", **params):
+def train_head(cache, head: str = "dense", out=None, *, runs_dir=None, **params):
     """Train a head on a cache (what ``headstart head train`` does); returns the loaded run.
 
     ``params`` are the head kind's hyper-parameters (``epochs``, ``hidden``, ``C``, ``k``, ...,
     as the command's options, with underscores)."""
+    from .embedder import defaults
     from .heads.params import make_params
     from .heads.train import train_head as _train
 
-    report = _train(make_params(head, **params), cache=cache, out=out, runs_dir=runs_dir)
+    report = _train(make_params(head, **params), cache=cache, out=out, runs_dir=runs_dir or defaults.RUNS_DIR)
     return load_run(report.run)
 
 

@@ -14,11 +14,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from headstart import __version__
+from headstart.embedder import defaults
 from headstart.embedder.errors import EXIT_OK, EXIT_USAGE, HeadstartError
 
 # The root listing, in the order of the workflow, each command in one line that fits 80 columns.
@@ -125,142 +126,155 @@ def _root(
     _state["debug"] = debug
 
 
+def _show(summary, quiet: bool = False) -> None:
+    """A command's summary: what happened on stdout (not with --quiet), problems on stderr."""
+    if not quiet:
+        for line in summary.out:
+            typer.echo(line)
+    for line in summary.err:
+        _err(line)
+
+
+def _log(quiet: bool, as_json: bool = False):
+    """Where a command narrates (stderr), unless --quiet or --json asked for silence."""
+    return (lambda message: None) if (quiet or as_json) else _err
+
+
+# ------------------------------------------------------------------ shared option types
+
+
+def Opt(*flags: str, help: str, choices=None, default_text: str | None = None):  # noqa: N802 - a type maker
+    """One way to declare an option: its default shown as ``[default: ...]`` (a default computed
+    at run time in words, through ``default_text``), its choices as the metavar
+    (``[auto|tf|litert]``). The default itself is the parameter's (Typer's Annotated style)."""
+    metavar = "[" + "|".join(choices) + "]" if choices else None
+    return typer.Option(*flags, help=help, show_default=default_text if default_text is not None else True,
+                        metavar=metavar)
+
+
+CacheFile = Annotated[Optional[str], Opt("--cache", help="The cache file (or URL).", default_text=(
+    "the newest under --cache-dir, if all its caches are of one image set and backbone (it says which)"))]
+CacheDir = Annotated[str, Opt("--cache-dir", help="Where caches are (a folder or URL).")]
+RunsDir = Annotated[Path, Opt("--runs-dir", help="Where runs are.")]
+Images = Annotated[Optional[str], Opt("--images", help="Where the images are now, if they moved since "
+                                                             "embedding.", default_text="the cache's images root")]
+Quiet = Annotated[bool, Opt("--quiet", "-q", help="No progress bars; print only problems.")]
+Json = Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")]
+Seed = Annotated[int, Opt("--seed", help="Seed of the split (as for `head train`) and of "
+                                                              "the draws.")]
+
+
+def Out(help: str, default_text: str | None = None, short: bool = True):  # noqa: N802 - a type maker
+    """``--out``/``-o``: where a command writes (the help says what)."""
+    flags = ("--out", "-o") if short else ("--out",)
+    return Annotated[Optional[Path], Opt(*flags, help=help, default_text=default_text)]
+
+
 # ---------------------------------------------------------------------------- embed
 
 
 @embed_app.command("run")
 def embed_run(
-    images: str = typer.Argument(..., help="Folder of images: class folders, train/val/test folders, or loose files; "
-                                           "a URL (gs://...) is read with tf.io.gfile."),
-    backbone: str = typer.Option("MobileNetV2", "--backbone", "-b",
-                                 help="A registered name (see `embed backbones`) or a .keras model file."),
-    weights: str = typer.Option("imagenet", help="imagenet (downloads once), none (random, from --seed), or a weights file."),
-    alpha: Optional[float] = typer.Option(None, help="Width multiplier for MobileNet families (e.g. 0.35)."),
-    layer: Optional[str] = typer.Option(None, help="Take features from this layer instead of the backbone's output."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size; default: the backbone's native size."),
-    pooling: str = typer.Option("avg", help="avg, max, or flatten (flatten keeps the whole last feature map: big)."),
-    batch_size: str = typer.Option("32", "--batch-size", help="Images per batch (also the most a crash can "
-                                                              "lose), or auto: probed on a GPU, 32 on CPUs."),
-    cache: Optional[str] = typer.Option(None, help="Cache file (or URL); default: cache/<folder>-<backbone>-<id>.h5."),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help="Where default cache files go (a folder or URL)."),
-    dtype: str = typer.Option("float16", help="Storage dtype of the features: float16 or float32."),
-    manifest: Optional[str] = typer.Option(None, help="CSV of path,label[,split] (paths relative to IMAGES)."),
-    seed: int = typer.Option(0, help="Seed for --weights none."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
-    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Images with more pixels (read from the "
-                                                                   "header) are skipped as too large, not decoded."),
-    runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
-                                             "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
-    shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
-                                                   "key; one cache per shard, then `embed merge`."),
-    precision: str = typer.Option("auto", help="float32, or mixed (Keras mixed_float16); auto: mixed on a GPU, "
-                                               "float32 on a CPU. Part of the fingerprint."),
-    jit: Optional[bool] = typer.Option(None, "--jit/--no-jit", help="XLA compilation; default: on with a GPU, off on "
-                                                                     "CPUs (measured slower there)."),
-    devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: run on several GPUs (logical CPUs "
-                                                     "without one) with MirroredStrategy; --batch-size is per device."),
-    views: Optional[int] = typer.Option(None, "--views", help="Also cache K augmented views per image (flip, crop/zoom, "
-                                                              "rotation, brightness/contrast) for `head train --views`; "
-                                                              "default: as many as the cache holds."),
-    views_seed: Optional[int] = typer.Option(None, "--views-seed", help="Seed of the views; default: the cache's own, "
-                                                                        "or 0."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only problems."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    images: Annotated[str, typer.Argument(help="Folder of images: class folders, train/val/test folders, or loose "
+                                               "files; a URL (gs://...) is read with tf.io.gfile.")],
+    backbone: Annotated[str, Opt("--backbone", "-b", help="A registered name (see `embed backbones`) or a .keras "
+                                                          "model file.")] = defaults.BACKBONE,
+    weights: Annotated[str, Opt("--weights", help="imagenet (downloads once), none (random, from --seed), or a "
+                                                  "weights file.")] = defaults.WEIGHTS,
+    alpha: Annotated[Optional[float], Opt("--alpha", help="Width multiplier of the MobileNet families.",
+                                          default_text="1.0")] = None,
+    layer: Annotated[Optional[str], Opt("--layer", help="Take features from this layer instead of the "
+                                                              "backbone's output.")] = None,
+    image_size: Annotated[Optional[int], Opt("--image-size", help="Square input size.",
+                                             default_text="the backbone's native size")] = None,
+    pooling: Annotated[str, Opt("--pooling", choices=("avg", "max", "flatten"),
+                                help="How a feature map becomes a vector (flatten keeps it whole: big).")] = "avg",
+    batch_size: Annotated[str, Opt("--batch-size", help="Images per batch (also "
+                                   "the most a crash can lose), or auto: probed on a GPU, 32 on CPUs.")] = "32",
+    cache: Annotated[Optional[str], Opt("--cache", help="The cache file (or URL) to write.",
+                                        default_text="<cache-dir>/<folder>-<hash>-<backbone>-<id>.h5")] = None,
+    cache_dir: Annotated[str, Opt("--cache-dir", help="Where default cache files go (a folder "
+                                                                          "or URL).")] = defaults.CACHE_DIR,
+    dtype: Annotated[str, Opt("--dtype", choices=("float16", "float32"),
+                              help="Storage dtype of the features.")] = defaults.STORAGE_DTYPE,
+    manifest: Annotated[Optional[str], Opt("--manifest", help="CSV of path,label[,split] (paths relative to "
+                                                                    "IMAGES) instead of folders.")] = None,
+    seed: Annotated[int, Opt("--seed", help="Seed of --weights none.")] = 0,
+    workers: Annotated[Optional[int], Opt("--workers", help="Decoding threads.",
+                                          default_text="the number of cores")] = None,
+    max_pixels: Annotated[int, Opt("--max-pixels", help="Images with more pixels (read from "
+                                   "the header) are skipped as too large, never decoded.")] = defaults.PIXEL_LIMIT,
+    runtime: Annotated[str, Opt("--runtime", choices=("auto", "tf", "litert"),
+                                help="What runs the backbone: auto takes LiteRT when no GPU is visible and the "
+                                     "backbone converts, else TensorFlow, and says why. Same numbers within "
+                                     "1e-4.")] = defaults.RUNTIME,
+    shard: Annotated[Optional[str], Opt("--shard", help="I/N: embed only shard I (0-based) of N; one cache "
+                                                              "per shard, then `embed merge`.")] = None,
+    precision: Annotated[str, Opt("--precision", choices=("auto", "float32", "mixed"),
+                                  help="Computation dtype (mixed: Keras mixed_float16); auto: mixed on a GPU, "
+                                       "float32 on a CPU. Part of the fingerprint.")] = defaults.PRECISION,
+    jit: Annotated[Optional[bool], Opt("--jit/--no-jit", help="XLA compilation.",
+                                       default_text="on with a GPU, off on CPUs (measured slower there)")] = None,
+    devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1: several GPUs (logical "
+                                          "CPUs without one) with MirroredStrategy; --batch-size is per "
+                                          "device.")] = None,
+    views: Annotated[Optional[int], Opt("--views", help="Also cache K augmented views per image (flip, "
+                                        "crop/zoom, rotation, brightness/contrast) for `head train --views`.",
+                                        default_text="as many as the cache holds")] = None,
+    views_seed: Annotated[Optional[int], Opt("--views-seed", help="Seed of the views.",
+                                             default_text="the cache's own, or 0")] = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Embed every image once; reruns embed only what is new, and resume after a crash."""
     from headstart.embedder.backbones import BackboneConfig
-    from headstart.embedder.job import EmbedOptions, parse_shard, run_embedding
-
+    from headstart.embedder.batch_size import parse_batch_size
     from headstart.embedder.devices import parse_devices
+    from headstart.embedder.job import EmbedOptions, parse_shard, run_embedding
+    from headstart.embedder.summaries import embed_run as summary
 
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
                             layer=layer, alpha=alpha, seed=seed, precision=precision)
-    from headstart.embedder.batch_size import parse_batch_size
-
-    options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=parse_batch_size(batch_size, 32),
-                           manifest=manifest, parallelism=workers, runtime=runtime, pixel_limit=max_pixels,
+    options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype,
+                           batch_size=parse_batch_size(batch_size, defaults.EMBED_BATCH_SIZE), manifest=manifest,
+                           parallelism=workers, runtime=runtime, pixel_limit=max_pixels,
                            shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
                            views=views, views_seed=views_seed, progress=not quiet and not as_json)
-    log = (lambda m: None) if (quiet or as_json) else _err
-    report = run_embedding(images, config, options, log=log)
+    report = run_embedding(images, config, options, log=_log(quiet, as_json))
     if as_json:
         _emit_json(report.to_dict())
     else:
-        _print_embed_report(report, quiet)
+        _show(summary(report), quiet)
     raise typer.Exit(report.exit_code)
-
-
-def _print_embed_report(report, quiet: bool) -> None:
-    from headstart.embedder.fingerprint import describe
-
-    out = _err if quiet else typer.echo
-    if not quiet:
-        if report.embedded:
-            steady = f"; {report.steady_rate:.1f} after the first batch" if report.steady_rate else ""
-            typer.echo(f"embedded {report.embedded:,} new images in {report.embed_s:.1f} s ({report.rate:.1f} img/s"
-                       f"{steady}) plus {report.setup_s:.1f} s of model set-up")
-        else:
-            typer.echo("nothing new to embed: the cache already holds every image's bytes")
-        if report.views_embedded:
-            typer.echo(f"embedded {report.views_embedded:,} augmented views in {report.views_s:.1f} s "
-                       f"({report.views_rate:.1f} views/s)")
-        if report.views:
-            missing = (f"; {report.views_missing:,} rows whose files are gone lack some"
-                       if report.views_missing else "")
-            typer.echo(f"views: {report.views} per image (seed {report.views_seed}){missing}")
-        typer.echo(f"reused {report.reused:,}; skipped {len(report.skipped):,}; total {report.elapsed_s:.1f} s")
-        extra = f", {report.duplicates:,} duplicate files" if report.duplicates else ""
-        typer.echo(f"cache: {report.cache_path} ({report.rows:,} rows for {report.files:,} files{extra}, "
-                   f"{report.cache_bytes / 1e6:.1f} MB)")
-        runtime = f" (runtime: {report.runtime})" if report.runtime else ""
-        typer.echo(f"backbone: {describe(report.fingerprint)}{runtime}")
-        if report.resumed_parts:
-            typer.echo(f"resumed: {report.resumed_parts} batches from an interrupted run were kept")
-        if report.ignored_files:
-            typer.echo(f"ignored {report.ignored_files:,} non-image files")
-    for warning in report.warnings:
-        out(f"warning: {warning}")
-    if report.skipped:
-        out(f"skipped {len(report.skipped):,} files (listed in the cache's /failures):")
-        for reason, count in report.skipped_by_reason().items():
-            example = next(s["path"] for s in report.skipped if s["reason"] == reason)
-            out(f"  {count:>6,}  {reason}  (e.g. {example})")
-    if report.label_conflicts:
-        out(f"label conflicts: {len(report.label_conflicts)} images have the same bytes under different classes:")
-        for conflict in report.label_conflicts[:5]:
-            out(f"  {', '.join(conflict['paths'])}  ({' vs '.join(conflict['labels'])})")
 
 
 @embed_app.command("merge")
 def embed_merge(
-    out: str = typer.Argument(..., help="The merged cache to write (a new file)."),
-    shards: List[str] = typer.Argument(..., help="Shard caches from `embed run --shard I/N`."),
-    virtual: bool = typer.Option(False, "--virtual", help="Map the shards' features with an HDF5 virtual dataset "
-                                                          "instead of copying them (the shards must stay put)."),
-    images_root: Optional[str] = typer.Option(None, "--images-root", help="Images root to record, if the shards "
-                                                                           "name different ones."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    out: Annotated[str, typer.Argument(help="The merged cache to write (a new file).")],
+    shards: Annotated[List[str], typer.Argument(help="Shard caches from `embed run --shard I/N`.")],
+    virtual: Annotated[bool, Opt("--virtual", help="Map the shards' features with an HDF5 virtual dataset "
+                                                          "instead of copying them (the shards must stay put).")] = False,
+    images_root: Annotated[Optional[str], Opt("--images-root", help="Images root to record, if the shards "
+                                                                          "name different ones.")] = None,
+    as_json: Json = False,
 ) -> None:
     """Combine shard caches into one; checks fingerprints and that no key differs between shards."""
     from dataclasses import asdict
 
     from headstart.embedder.merge import merge_caches
+    from headstart.embedder.summaries import embed_merge as summary
 
-    report = merge_caches(out, shards, virtual=virtual, images_root=images_root, log=(lambda m: None) if as_json else _err)
+    report = merge_caches(out, shards, virtual=virtual, images_root=images_root, log=_log(False, as_json))
     if as_json:
         _emit_json(asdict(report))
-        return
-    for warning in report.warnings:
-        _err(f"warning: {warning}")
-    kind = "virtual dataset over the shards" if report.virtual else "copy"
-    typer.echo(f"merged {len(report.shards)} shards into {report.out} ({kind}): {report.rows:,} rows, "
-               f"{report.files:,} files, {report.failures:,} failures, {report.size_bytes / 1e6:.1f} MB")
+    else:
+        _show(summary(report))
 
 
 @embed_app.command("info")
 def embed_info(
-    cache: Optional[str] = typer.Argument(None, help="Cache file; default: the newest under ./cache/."),
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    cache: Annotated[Optional[str], typer.Argument(help="A cache file.", show_default="the newest under ./cache/")] = None,
+    as_json: Json = False,
 ) -> None:
     """What a cache holds: fingerprint, counts per class and split, failures, size.
 
@@ -269,65 +283,30 @@ def embed_info(
     from headstart.embedder.cache import latest_cache
     from headstart.embedder.errors import EXIT_ATTENTION
     from headstart.embedder.info import cache_info
+    from headstart.embedder.summaries import embed_info as summary
 
-    path = cache or latest_cache()
-    info = cache_info(path)
-    code = EXIT_ATTENTION if info["warnings"] else EXIT_OK
+    info = cache_info(cache or latest_cache(defaults.CACHE_DIR))
     if as_json:
         _emit_json(info)
-        raise typer.Exit(code)
-    typer.echo(f"cache:       {info['path']} ({info['size_bytes'] / 1e6:.1f} MB on disk, format {info['format_version']})")
-    typer.echo(f"backbone:    {info['fingerprint_text']}")
-    typer.echo(f"images:      {info['images_root']} ({info['layout'] or 'layout unknown'})")
-    typer.echo(f"features:    {info['rows']:,} rows x {info['dim']:,} {info['storage_dtype']}")
-    if info["views"]:
-        typer.echo(f"views:       {info['views']['count']} augmented views per row (seed {info['views']['seed']})")
-    typer.echo(f"files:       {info['files']:,} ({info['duplicate_files']:,} share bytes with another)")
-    typer.echo(f"written:     created {info['created']}, updated {info['updated']}")
-    splits = sorted({s for counts in info["counts"].values() for s in counts})
-    width = max([len(n) for n in info["counts"]] + [5])
-    typer.echo("")
-    typer.echo(f"{'class':<{width}}  " + "  ".join(f"{s:>7}" for s in splits) + f"  {'total':>7}")
-    for name, counts in info["counts"].items():
-        cells = "  ".join(f"{counts.get(s, 0):>7,}" for s in splits)
-        typer.echo(f"{name:<{width}}  {cells}  {sum(counts.values()):>7,}")
-    if info["failures"]:
-        typer.echo(f"\nfailures: {info['failures']:,}")
-        for reason, count in info["failures_by_reason"].items():
-            typer.echo(f"  {count:>6,}  {reason}")
-    if info["pending_parts"]:
-        typer.echo(f"\nunfinished: {info['pending_parts']} part files from an interrupted run; rerun embed to finish")
-    for warning in info["warnings"]:
-        _err(f"warning: {warning}")
-    raise typer.Exit(code)
+    else:
+        _show(summary(info))
+    raise typer.Exit(EXIT_ATTENTION if info["warnings"] else EXIT_OK)
 
 
 @embed_app.command("backbones")
-def embed_backbones(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def embed_backbones(as_json: Json = False) -> None:
     """List the registered backbones, their native input size and preprocessing."""
     from headstart.embedder.backbones import registry_table
+    from headstart.embedder.summaries import backbones_table
 
     rows = registry_table()
     if as_json:
         _emit_json({"backbones": rows})
-        return
-    typer.echo(f"{'name':<20} {'size':>5} {'min':>4}  {'preprocessing':<13} alpha")
-    for row in rows:
-        typer.echo(f"{row['name']:<20} {row['native_size']:>5} {row['min_size']:>4}  "
-                   f"{row['preprocessing']:<13} {'yes' if row['alpha'] else ''}")
-    typer.echo("\nAlso: any .keras model file (--backbone PATH), fed RGB pixels in [0, 255].")
+    else:
+        _show(backbones_table(rows))
 
 
 # ----------------------------------------------------------------------------- head
-
-
-_HEAD_HELP = {
-    "cache": "Cache file; default: the newest under ./cache/ (named on stderr), if every cache there is of one "
-             "image set and backbone.",
-    "standardize": "Standardise features with training-row statistics (stored with the head) [off].",
-    "val_fraction": "Share of images held out for validation when the layout gives no val split [0.2].",
-    "seed": "Seed for the split, initialisation, shuffling and dropout [0].",
-}
 
 
 def _head_kinds_help() -> str:
@@ -353,10 +332,10 @@ def _kind_parameters(sweep: bool) -> list[inspect.Parameter]:
 
     parameters = []
     for name, (option, kinds) in option_table().items():
-        defaults = [(kind, _default_text(get_kind(kind), name)) for kind in kinds]
-        default = (defaults[0][1] if len({text for _, text in defaults}) == 1
-                   else ", ".join(f"{kind}: {text}" for kind, text in defaults))
-        text = f"{'/'.join(kinds)}: {option.help} [{default}]."
+        defaults_ = [(kind, _default_text(get_kind(kind), name)) for kind in kinds]
+        default = (defaults_[0][1] if len({text for _, text in defaults_}) == 1
+                   else ", ".join(f"{kind}: {text}" for kind, text in defaults_))
+        text = f"{'/'.join(kinds)}: {option.help}."
         if sweep:
             annotation = Optional[str]
             text += f" Alternatives, e.g. {option.example}." if option.example else ""
@@ -364,7 +343,7 @@ def _kind_parameters(sweep: bool) -> list[inspect.Parameter]:
             annotation = Optional[List[str]] if option.multiple else Optional[option.type]
             text += " Repeatable, or comma-separated (512,256)." if option.multiple else ""
         parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
-                                            default=typer.Option(None, option.flag, help=text)))
+                                            default=typer.Option(None, option.flag, help=text, show_default=default)))
     return parameters
 
 
@@ -389,126 +368,96 @@ def _given(options: dict) -> dict:
     return {name: (None if value in ([], ()) else value) for name, value in options.items()}
 
 
+ValFraction = Annotated[Optional[float], Opt("--val-fraction", default_text=str(defaults.VAL_FRACTION),
+                                             help="Share of images held out for validation when the layout gives "
+                                                  "no val split.")]
+
+
 @head_app.command("train")
 @_with_kind_options(sweep=False)
 def head_train(
-    cache: Optional[str] = typer.Option(None, help=_HEAD_HELP["cache"]),
-    head: str = typer.Option("dense", "--head", help=_head_kinds_help()),
-    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize", help=_HEAD_HELP["standardize"]),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
-    seed: Optional[int] = typer.Option(None, help=_HEAD_HELP["seed"]),
-    views: bool = typer.Option(False, "--views", help="Also train on the cached augmented views of the training "
-                                                      "images (`embed run --views K`); validation stays clean."),
-    max_views: Optional[int] = typer.Option(None, "--max-views", help="With --views: use only the first N views "
-                                                                      "of each image [all]."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default: runs/<timestamp>-<head>."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where default run folders go."),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress; print only problems."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    cache: CacheFile = None,
+    head: Annotated[str, Opt("--head", help=_head_kinds_help())] = "dense",
+    standardize: Annotated[Optional[bool], Opt("--standardize/--no-standardize", default_text="off",
+                                               help="Standardise features with training-row statistics (stored "
+                                                    "with the head).")] = None,
+    val_fraction: ValFraction = None,
+    seed: Annotated[Optional[int], Opt("--seed", default_text=str(defaults.SPLIT_SEED),
+                                       help="Seed of the split, initialisation, shuffling and dropout.")] = None,
+    views: Annotated[bool, Opt("--views", help="Also train on the cached augmented views of the training "
+                                                      "images (`embed run --views K`); validation stays "
+                                                      "clean.")] = False,
+    max_views: Annotated[Optional[int], Opt("--max-views", default_text="all",
+                                            help="With --views: use only the first N views of each image.")] = None,
+    out: Out("The run folder.", "<runs-dir>/<timestamp>-<head>", short=False) = None,
+    runs_dir: RunsDir = Path(defaults.RUNS_DIR),
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    quiet: Quiet = False,
+    as_json: Json = False,
     **kind_options,
 ) -> None:
-    """Train one head on a cache; write runs/<name>/ (model, head.json, metrics, plots).
+    """Train one head on a cache; write runs/<name>/ (model, head.json, metrics, plots, report.html).
 
     Exit 1 when images had to be left out (same bytes under two classes).
     """
     from headstart.heads.params import make_params, views_option
+    from headstart.heads.summaries import head_train as summary
     from headstart.heads.train import train_head
 
     params = make_params(head, standardize=standardize, val_fraction=val_fraction, seed=seed,
                          views=views_option(views, max_views), **_given(kind_options))
     report = train_head(params, cache=cache, out=out, runs_dir=runs_dir, cache_dir=cache_dir,
-                        log=(lambda m: None) if (quiet or as_json) else _err, progress=not quiet and not as_json)
+                        log=_log(quiet, as_json), progress=not quiet and not as_json)
     if as_json:
         _emit_json(report.to_dict())
     else:
-        _print_train_report(report, quiet)
+        _show(summary(report), quiet)
     raise typer.Exit(report.exit_code)
-
-
-def _fmt(value, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _print_train_report(report, quiet: bool) -> None:
-    if not quiet:
-        from headstart.heads.params import describe_params
-
-        counts = report.split["counts"]
-        m = report.metrics
-        epochs = ""
-        if report.best_epoch is not None:
-            epochs = (f", kept epoch {report.best_epoch} of {report.epochs_run}"
-                      + (" (early stop)" if report.stopped_early else ""))
-        typer.echo(f"run:    {report.run}")
-        typer.echo(f"head:   {report.head_type} {describe_params(report.params)}{epochs}")
-        test = f" / {counts['test']:,} test" if counts.get("test") else ""
-        extra = report.split.get("train_views")
-        extra = f" (+{extra['examples']:,} augmented views)" if extra else ""
-        typer.echo(f"data:   {counts['train']:,} train{extra} / {counts['val']:,} val{test} images, "
-                   f"{len(report.classes)} classes (split: {report.split['source']}); {report.cache}")
-        top = "".join(f"  top-{k} {v:.4f}" for k, v in (m.get("top_k_accuracy") or {}).items())
-        typer.echo(f"val:    accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "
-                   f"log-loss {_fmt(m.get('log_loss'))}{top}")
-        if report.test_metrics:
-            t = report.test_metrics
-            typer.echo(f"test:   accuracy {_fmt(t.get('accuracy'))}  macro-F1 {_fmt(t.get('macro_f1'))}  "
-                       f"log-loss {_fmt(t.get('log_loss'))}")
-        weakest = sorted(((v["recall"], name) for name, v in report.per_class.items() if v["support"]))[:3]
-        if weakest and weakest[0][0] < 1.0:
-            typer.echo("weakest: " + ", ".join(f"{name} (recall {r:.2f})" for r, name in weakest))
-        typer.echo(f"time:   trained in {report.train_seconds:.1f} s (load {report.load_seconds:.1f} s, "
-                   f"total {report.total_seconds:.1f} s)")
-    for warning in report.warnings:
-        _err(f"warning: {warning}")
 
 
 @head_app.command("eval")
 def head_eval(
-    run: Optional[Path] = typer.Argument(None, help="A head run folder; default: the best head run under "
-                                                    "./runs/ for the cache's backbone and classes."),
-    cache: Optional[str] = typer.Option(None, help="Cache of the same backbone fingerprint; default: the run's own "
-                                                    "cache, else the newest of its backbone under ./cache/."),
-    split: str = typer.Option("auto", help="auto (the run's val split on its own cache, every labelled image on "
-                                           "another), all, train, val or test."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots; "
-                                                          "default: RUN/evals/<timestamp>-<cache>-<split>/."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live (without RUN)."),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help="Where to look for the newest cache."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    run: Annotated[Optional[Path], typer.Argument(help="A head run folder.", show_default=(
+        "the best head run under ./runs/ for the cache's backbone and classes"))] = None,
+    cache: Annotated[Optional[str], Opt("--cache", help="A cache of the run's backbone fingerprint.",
+                                        default_text="the run's own cache, else the newest of its backbone")] = None,
+    split: Annotated[str, Opt("--split", choices=("auto", "all", "train", "val", "test"),
+                              help="auto: the run's val split on its own cache, every labelled image on "
+                                   "another.")] = "auto",
+    out: Out("Where to write metrics and plots.", "RUN/evals/<timestamp>-<cache>-<split>/", short=False) = None,
+    runs_dir: RunsDir = Path(defaults.RUNS_DIR),
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Re-evaluate a saved head on a cache of the same fingerprint: its own, or a new labelled set."""
+    from headstart.heads.summaries import head_eval as summary
     from headstart.heads.train import evaluate_run
 
     report = evaluate_run(run, cache=cache, split=split, out=out, cache_dir=cache_dir, runs_dir=runs_dir,
-                          log=(lambda m: None) if (quiet or as_json) else _err)
+                          log=_log(quiet, as_json))
     if as_json:
         _emit_json(report.to_dict())
-    elif not quiet:
-        m, r = report.metrics, report.recorded
-        typer.echo(f"run {report.run} on {report.cache} ({report.split}, {m['n']:,} images)")
-        typer.echo(f"accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "
-                   f"log-loss {_fmt(m.get('log_loss'))}   (recorded at training: accuracy {_fmt(r.get('accuracy'))})")
-        typer.echo(f"wrote {report.out}/")
-    for warning in report.warnings:
-        _err(f"warning: {warning}")
+    else:
+        _show(summary(report), quiet)
     raise typer.Exit(report.exit_code)
 
 
 @head_app.command("list")
 def head_list(
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
-    cache: Optional[str] = typer.Option(None, help="Only runs usable with this cache: its backbone fingerprint "
-                                                    "and (if labelled) its classes."),
-    sort: str = typer.Option("accuracy", help="accuracy, f1, loss, time, created or name."),
-    limit: Optional[int] = typer.Option(None, help="Show only the first N."),
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    runs_dir: RunsDir = Path(defaults.RUNS_DIR),
+    cache: Annotated[Optional[str], Opt("--cache", help="Only runs usable with this cache: its backbone "
+                                                              "fingerprint and (if labelled) its classes.")] = None,
+    sort: Annotated[str, Opt("--sort", choices=("accuracy", "f1", "loss", "time", "created", "name"),
+                             help="Order of the rows.")] = "accuracy",
+    limit: Annotated[Optional[int], Opt("--limit", help="Show only the first N.", default_text="all")] = None,
+    as_json: Json = False,
 ) -> None:
-    """Leaderboard of the runs under ./runs/, grouped by images, backbone and classes: head, key
-    parameters, val accuracy, macro-F1, time."""
-    from headstart.heads.leaderboard import format_table, leaderboard_rows, runs_for_cache, sort_rows
+    """Leaderboard of the runs, grouped by images, backbone and classes: head, key parameters, val accuracy,
+    macro-F1, time."""
+    from headstart.heads.leaderboard import leaderboard_rows, runs_for_cache, sort_rows
     from headstart.heads.runs import incomplete_runs, list_runs
+    from headstart.heads.summaries import head_list as summary
 
     runs = list_runs(runs_dir)
     if cache is not None:
@@ -519,287 +468,193 @@ def head_list(
     unfinished = [str(p) for p in incomplete_runs(runs_dir)]
     if as_json:
         _emit_json({"runs": rows, "incomplete": unfinished})
-        return
-    if not rows:
-        where = f" for cache {cache}" if cache is not None else ""
-        typer.echo(f"no runs under {runs_dir}/{where}; train one with `headstart head train`")
     else:
-        for line in format_table(rows):
-            typer.echo(line)
-    if unfinished:
-        _err(f"{len(unfinished)} incomplete run folders (no head.json) not listed, e.g. {unfinished[0]}")
+        _show(summary(rows, runs_dir, cache, unfinished))
 
 
 @head_app.command("sweep")
 @_with_kind_options(sweep=True)
 def head_sweep(
-    head: str = typer.Option("dense", "--head", help="Comma-separated heads: " + _head_kinds_help() + " Every "
-                                                     "option below takes comma-separated alternatives."),
-    standardize: Optional[str] = typer.Option(None, "--standardize", help="e.g. on,off"),
-    seed: Optional[str] = typer.Option(None, help="e.g. 0,1,2 (the split always uses the first)."),
-    views: Optional[str] = typer.Option(None, "--views", help="Cached augmented views per training image, e.g. "
-                                                              "0,4,all (0: clean rows only)."),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help=_HEAD_HELP["val_fraction"]),
-    cache: Optional[str] = typer.Option(None, help=_HEAD_HELP["cache"]),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the sweep's runs; default: runs/<timestamp>-sweep."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    cache_dir: str = typer.Option("cache", "--cache-dir"),
-    sort: str = typer.Option("accuracy", help="Leaderboard order: accuracy, f1, loss, time, created or name."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    head: Annotated[str, Opt("--head", help="Comma-separated heads: " + _head_kinds_help() + " Every "
+                                                     "option below takes comma-separated alternatives.")] = "dense",
+    standardize: Annotated[Optional[str], Opt("--standardize", help="e.g. on,off.", default_text="off")] = None,
+    seed: Annotated[Optional[str], Opt("--seed", help="e.g. 0,1,2 (the split always uses the first).",
+                                       default_text=str(defaults.SPLIT_SEED))] = None,
+    views: Annotated[Optional[str], Opt("--views", help="Cached augmented views per training image, e.g. "
+                                                              "0,4,all (0: clean rows only).", default_text="0")] = None,
+    val_fraction: ValFraction = None,
+    cache: CacheFile = None,
+    out: Out("Folder for the sweep's runs.", "<runs-dir>/<timestamp>-sweep", short=False) = None,
+    runs_dir: RunsDir = Path(defaults.RUNS_DIR),
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    sort: Annotated[str, Opt("--sort", choices=("accuracy", "f1", "loss", "time", "created", "name"),
+                             help="Leaderboard order.")] = "accuracy",
+    quiet: Quiet = False,
+    as_json: Json = False,
     **kind_options,
 ) -> None:
     """Train several heads/settings on one in-memory copy of the features; print the leaderboard."""
-    from headstart.heads.leaderboard import format_table
+    from headstart.heads.summaries import head_sweep as summary
     from headstart.heads.sweep import parse_grid, run_sweep
 
     grid = parse_grid({"head": head, "standardize": standardize, "seed": seed, "views": views, **kind_options})
     report = run_sweep(grid, cache=cache, out=out, runs_dir=runs_dir, val_fraction=val_fraction, cache_dir=cache_dir,
-                       log=(lambda m: None) if (quiet or as_json) else _err, progress=False, sort=sort)
+                       log=_log(quiet, as_json), progress=False, sort=sort)
     if as_json:
         _emit_json(report.to_dict())
     else:
-        if not quiet:
-            for line in format_table(report.leaderboard):
-                typer.echo(line)
-            typer.echo(f"{len(report.runs)} runs in {report.out}/ ({report.total_seconds:.1f} s)")
-        for warning in report.warnings:
-            _err(f"warning: {warning}")
+        _show(summary(report), quiet)
     raise typer.Exit(report.exit_code)
 
 
 # -------------------------------------------------------------------------- inspect
 
 
-_INSPECT_HELP = {
-    "cache": "Cache file; default: the newest under ./cache/ (named on stderr).",
-    "cache_dir": "Where to look for the newest cache.",
-    "json": "Print the summary as JSON on stdout.",
-    "quiet": "No progress bars; print only problems.",
-    "seed": "Seed of the folds and samples.",
-}
+InspectSeed = Annotated[int, Opt("--seed", help="Seed of the folds and samples.")]
+Top = Annotated[int, Opt("--top", help="How many to print.")]
 
 
-def _inspect_log(quiet: bool, as_json: bool):
-    return (lambda m: None) if (quiet or as_json) else _err
+def _inspect_done(report, as_json: bool, quiet: bool, lines: list[str], problems: list[str] = ()) -> None:
+    """Print the report (JSON, or its lines; with --quiet only the problems), and exit with its code."""
+    from headstart.heads.summaries import inspect as summary
 
-
-def _inspect_done(report, as_json: bool, quiet: bool, lines, problems=None) -> None:
-    """Print the report (JSON, or the given lines; with --quiet only the problems, on stderr),
-    its warnings, and exit with its code."""
     if as_json:
         _emit_json(report.to_dict())
-    elif not quiet:
-        for line in lines():
-            typer.echo(line)
-        for line in _picture_lines(report):
-            typer.echo(line)
-    elif problems is not None:
-        for line in problems():
-            _err(line)
-    if not as_json:
-        for warning in report.warnings:
-            _err(f"warning: {warning}")
+    else:
+        _show(summary(report, lines, quiet, problems), quiet)
     raise typer.Exit(report.exit_code)
-
-
-def _picture_lines(report):
-    """Where the report's images are (its CSV's paths are relative to it) and its gallery."""
-    if getattr(report, "images_root", ""):
-        csv = str(getattr(report, "out", "")).endswith(".csv")
-        yield (f"images:     {report.images_root}" + (" (the CSV's paths are relative to it; its abs_path columns "
-                                                      "have them whole)" if csv else ""))
-    if getattr(report, "gallery", ""):
-        note = f" ({report.gallery_note})" if getattr(report, "gallery_note", "") else ""
-        yield f"gallery:    {report.gallery}{note}"
-    elif getattr(report, "gallery_note", ""):
-        yield f"gallery:    {report.gallery_note}"
 
 
 @inspect_app.command("duplicates")
 def inspect_duplicates(
-    threshold: Optional[float] = typer.Option(None, help="Cosine similarity from which two distinct images are "
-                                                         "near-duplicates [calibrated on the cache: pairs 3x closer "
-                                                         "(in 1 - cosine) than a typical image's nearest other image; "
-                                                         "0.90 under 100 images]."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", help="As for `head train`, so leakage is reported "
-                                                                   "on the split it will use."),
-    seed: int = typer.Option(0, help="As for `head train`: the split's seed."),
-    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Most CSV lines, worst first; every pair is "
-                                                                      "still counted [100000]."),
-    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write; default: reports/<cache>-duplicates.csv."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
-    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+    threshold: Annotated[Optional[float], Opt("--threshold", help="Cosine similarity from which two distinct "
+                                              "images are near-duplicates.", default_text=(
+                                                  "calibrated on the cache: pairs 3x closer (in 1 - cosine) than a "
+                                                  "typical image's nearest other image; 0.90 under 100 images"))] = None,
+    val_fraction: Annotated[float, Opt("--val-fraction", help="As for `head train`, so "
+                                       "leakage is reported on the split it will use.")] = defaults.VAL_FRACTION,
+    seed: Seed = defaults.SPLIT_SEED,
+    max_pairs: Annotated[Optional[int], Opt("--max-pairs", default_text="100000",
+                                            help="Most CSV lines, worst first; every pair is still counted.")] = None,
+    cache: CacheFile = None,
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    out: Out("CSV to write.", "reports/<cache>-duplicates.csv", short=False) = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Exact duplicates, label conflicts, near-duplicates, and near-duplicates across train/val/test (leakage).
 
     Exit 1 when leakage or label conflicts were found.
     """
     from headstart.heads.quality.commands import inspect_duplicates as run
+    from headstart.heads.summaries import inspect_duplicates as describe
 
     report = run(cache, cache_dir, threshold, val_fraction, seed, out, max_pairs, progress=not quiet and not as_json,
-                 log=_inspect_log(quiet, as_json))
-
-    def lines():
-        e, c, n, leak, m = report.exact, report.conflicts, report.near, report.leakage, report.method
-        split = "from the layout" if report.splits["source"] == "layout" else (
-            f"{report.splits['source']}, val-fraction {report.splits['val_fraction']:g}, seed {report.splits['seed']}")
-        yield f"cache:      {report.cache} ({report.rows:,} images in {report.files:,} files; split {split})"
-        yield f"threshold:  {report.threshold:g}, {report.threshold_choice['text']}"
-        yield (f"exact:      {e['keys']:,} images under several paths ({e['extra_files']:,} extra files)"
-               + (f"; {e['keys_across_splits']:,} filed under two splits" if e["keys_across_splits"] else ""))
-        yield (f"conflicts:  {c['keys']:,} images under two classes ({c['files']:,} files); head train leaves them out"
-               if c["applies"] else "conflicts:  do not apply (the cache has no labels)")
-        yield (f"near:       {n['pairs']:,} pairs with cosine >= {report.threshold:g} among {n['rows']:,} images in "
-               f"{n['groups']:,} groups (largest: {n['largest_group_rows']:,} images); "
-               f"{n['pairs_with_different_labels']:,} pairs carry different labels")
-        if leak["applies"]:
-            detail = ", ".join(f"{k} {v:,}" for k, v in leak["by_splits"].items())
-            yield f"leakage:    {leak['pairs']:,} near-duplicate pairs straddle the split" + (f": {detail}" if detail else "")
-        else:
-            yield f"leakage:    does not apply ({leak['reason']})"
-        how = (f"PCA bound at rank {m['rank']} ({m['residual_energy']:.0%} of the energy outside it), "
-               f"{m['candidates']:,} candidates verified" if m["method"] == "pca-bound" else "exact pass")
-        capped = f" of {report.csv_total:,}" if report.capped else ""
-        yield f"wrote:      {report.out} ({report.csv_rows:,}{capped} lines, worst first)"
-        yield f"method:     {how}; {report.seconds:.1f} s"
-
-    def problems():  # what exit code 1 means, for --quiet
-        if report.leakage["applies"] and report.leakage["pairs"]:
-            yield f"leakage: {report.leakage['pairs']:,} near-duplicate pairs straddle the split (see {report.out})"
-        if report.conflicts["applies"] and report.conflicts["keys"]:
-            yield f"conflicts: {report.conflicts['keys']:,} images under two classes (see {report.out})"
-
+                 log=_log(quiet, as_json))
+    lines, problems = describe(report)
     _inspect_done(report, as_json, quiet, lines, problems)
 
 
 @inspect_app.command("labels")
 def inspect_labels(
-    folds: Optional[int] = typer.Option(None, help="Folds of the out-of-fold logistic regression [5]."),
-    dims: Optional[int] = typer.Option(None, help="Principal axes of the standardised features the model sees; "
-                                                  "0 = every feature [every feature up to 30 million values, "
-                                                  "e.g. 23,000 x 1,280; else 256]."),
-    c: Optional[float] = typer.Option(None, "--C", help="Inverse regularisation strength [0.01: ranked flipped "
-                                                        "labels best]."),
-    seed: int = typer.Option(0, help=_INSPECT_HELP["seed"]),
-    top: int = typer.Option(10, help="How many to print."),
-    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write; default: reports/<cache>-label-errors.csv."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
-    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+    folds: Annotated[Optional[int], Opt("--folds", default_text="5",
+                                        help="Folds of the out-of-fold logistic regression.")] = None,
+    dims: Annotated[Optional[int], Opt("--dims", help="Principal axes of the standardised features the model "
+                                       "sees; 0 = every feature.", default_text=(
+                                           "every feature up to 30 million values, e.g. 23,000 x 1,280; else "
+                                           "256"))] = None,
+    c: Annotated[Optional[float], Opt("--C", help="Inverse regularisation strength.",
+                                      default_text="0.01: ranked flipped labels best")] = None,
+    seed: InspectSeed = 0,
+    top: Top = 10,
+    cache: CacheFile = None,
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    out: Out("CSV to write.", "reports/<cache>-label-errors.csv", short=False) = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Rank likely label errors: each image's given label vs out-of-fold predicted probabilities."""
     from headstart.heads.quality.commands import inspect_labels as run
+    from headstart.heads.summaries import inspect_labels as describe
 
     report = run(cache, cache_dir, folds, dims, c, seed, out, progress=not quiet and not as_json,
-                 log=_inspect_log(quiet, as_json))
-
-    def lines():
-        yield (f"ranked {report.images:,} labelled images: {report.folds}-fold logistic regression on {report.dims} "
-               f"dims, out-of-fold accuracy {report.oof_accuracy:.4f}")
-        yield f"another label is more likely for {report.suspicious:,} of them; the first {min(top, report.images)}:"
-        yield f"  {'score':>6}  {'p(label)':>8}  {'label -> suggested (p)':<32} path"
-        for r in report.top[:top]:
-            change = f"{r['label']} -> {r['suggested']} ({r['p_suggested']:.2f})"
-            yield f"  {r['score']:>6.3f}  {r['p_label']:>8.3f}  {change:<32} {r['path']}"
-        yield f"wrote {report.out} (worst first; {report.seconds:.1f} s)"
-
-    _inspect_done(report, as_json, quiet, lines)
+                 log=_log(quiet, as_json))
+    _inspect_done(report, as_json, quiet, describe(report, top))
 
 
 @inspect_app.command("outliers")
 def inspect_outliers(
-    k: Optional[int] = typer.Option(None, "--k", help="Nearest same-class neighbours averaged [10]."),
-    max_reference: Optional[int] = typer.Option(None, "--max-reference", help="Most neighbours-to-be per class; "
-                                                                              "bigger classes are sampled [5000]."),
-    seed: int = typer.Option(0, help=_INSPECT_HELP["seed"]),
-    top: int = typer.Option(10, help="How many to print."),
-    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write; default: reports/<cache>-outliers.csv."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
-    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+    k: Annotated[Optional[int], Opt("--k", help="Nearest same-class neighbours averaged.",
+                                    default_text="10")] = None,
+    max_reference: Annotated[Optional[int], Opt("--max-reference", default_text="5000",
+                                                help="Most neighbours-to-be per class; bigger classes are "
+                                                     "sampled.")] = None,
+    seed: InspectSeed = 0,
+    top: Top = 10,
+    cache: CacheFile = None,
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    out: Out("CSV to write.", "reports/<cache>-outliers.csv", short=False) = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Rank images far from their class (mean cosine distance to the k nearest same-class images)."""
     from headstart.heads.quality.commands import inspect_outliers as run
+    from headstart.heads.summaries import inspect_outliers as describe
 
     report = run(cache, cache_dir, k, max_reference, seed, out, progress=not quiet and not as_json,
-                 log=_inspect_log(quiet, as_json))
-
-    def lines():
-        yield f"ranked {report.images:,} labelled images in {report.classes} classes by distance to their class (k={report.k})"
-        yield f"  {'score':>6}  {'dist':>6}  {'label':<16} {'closest other class':<20} path"
-        for r in report.top[:top]:
-            score = f"{r['score']:.2f}" if r["score"] != "" else "-"
-            dist = f"{r['knn_distance']:.3f}" if r["knn_distance"] != "" else "-"
-            yield f"  {score:>6}  {dist:>6}  {r['label']:<16} {r['nearest_other_class']:<20} {r['path']}"
-        yield f"wrote {report.out} (score: robust z within the class; {report.seconds:.1f} s)"
-
-    _inspect_done(report, as_json, quiet, lines)
+                 log=_log(quiet, as_json))
+    _inspect_done(report, as_json, quiet, describe(report, top))
 
 
 @inspect_app.command("map")
 def inspect_map(
-    method: str = typer.Option("pca", help="pca (all rows, linear) or tsne (scikit-learn, on a sample)."),
-    flag: Optional[List[Path]] = typer.Option(None, "--flag", help="Ring the images of a CSV from inspect "
-                                                                   "labels/outliers/duplicates (repeatable)."),
-    top: Optional[int] = typer.Option(None, help="With --flag: how many of each CSV's first lines to ring [50]; "
-                                                 "without: ring the top N of a fresh outlier ranking [none]."),
-    max_points: Optional[int] = typer.Option(None, "--max-points", help="Most images drawn (a seeded sample; "
-                                                                        "ringed ones always) [pca 50000, tsne 5000]."),
-    seed: int = typer.Option(0, help=_INSPECT_HELP["seed"]),
-    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write; default: reports/<cache>-map-<method>.png."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
-    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+    method: Annotated[str, Opt("--method", choices=("pca", "tsne"),
+                               help="pca: all rows, linear; tsne: scikit-learn, on a sample.")] = "pca",
+    flag: Annotated[Optional[List[Path]], Opt("--flag", help="Ring the images of a CSV from inspect "
+                                              "labels/outliers/duplicates (repeatable).")] = None,
+    top: Annotated[Optional[int], Opt("--top", help="With --flag: how many of each CSV's first lines to "
+                                      "ring; without: ring the top N of a fresh outlier ranking.",
+                                      default_text="with --flag 50, without none")] = None,
+    max_points: Annotated[Optional[int], Opt("--max-points", default_text="pca 50000, tsne 5000",
+                                             help="Most images drawn (a seeded sample; ringed ones "
+                                                  "always).")] = None,
+    seed: InspectSeed = 0,
+    cache: CacheFile = None,
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    out: Out("PNG to write.", "reports/<cache>-map-<method>.png", short=False) = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """A 2-D projection of the embeddings as a PNG, coloured by class, flagged images ringed."""
     from headstart.heads.quality.commands import inspect_map as run
+    from headstart.heads.summaries import inspect_map as describe
 
     report = run(cache, cache_dir, method, flag or [], top, max_points, seed, out, progress=not quiet and not as_json,
-                 log=_inspect_log(quiet, as_json))
-
-    def lines():
-        axes = (f" (PC1 {report.explained[0]:.1%}, PC2 {report.explained[1]:.1%} of the variance)"
-                if report.explained else "")
-        ringed = f"; {report.flagged_drawn:,} ringed: {report.flag_source}" if report.flag_source else ""
-        yield (f"wrote {report.out}: {report.points:,} of {report.rows:,} images, {report.method.upper()}{axes}"
-               f"{ringed} ({report.seconds:.1f} s)")
-
-    _inspect_done(report, as_json, quiet, lines)
+                 log=_log(quiet, as_json))
+    _inspect_done(report, as_json, quiet, describe(report))
 
 
 @inspect_app.command("samples")
 def inspect_samples(
-    per_class: Optional[int] = typer.Option(None, "--per-class", help="Images drawn per class: one line of the "
-                                                                      "sheet [6]."),
-    max_classes: Optional[int] = typer.Option(None, "--max-classes", help="Most classes shown, in sorted order "
-                                                                          "[16]."),
-    seed: int = typer.Option(0, help="Seed of the draw (and of head train's split, shown per image)."),
-    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
-    cache: Optional[str] = typer.Option(None, help=_INSPECT_HELP["cache"]),
-    cache_dir: str = typer.Option("cache", "--cache-dir", help=_INSPECT_HELP["cache_dir"]),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write; default: reports/<cache>-samples.png."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=_INSPECT_HELP["quiet"]),
-    as_json: bool = typer.Option(False, "--json", help=_INSPECT_HELP["json"]),
+    per_class: Annotated[Optional[int], Opt("--per-class", default_text="6",
+                                            help="Images drawn per class: one line of the sheet.")] = None,
+    max_classes: Annotated[Optional[int], Opt("--max-classes", default_text="16",
+                                              help="Most classes shown, in sorted order.")] = None,
+    seed: Annotated[int, Opt("--seed", help="Seed of the draw (and of head train's split, shown per "
+                                               "image).")] = 0,
+    images: Images = None,
+    cache: CacheFile = None,
+    cache_dir: CacheDir = defaults.CACHE_DIR,
+    out: Out("PNG to write.", "reports/<cache>-samples.png", short=False) = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """A contact sheet of a few images of each class, to see what the classes hold."""
     from headstart.heads.quality.commands import inspect_samples as run
+    from headstart.heads.summaries import inspect_samples as describe
 
-    report = run(cache, cache_dir, per_class, max_classes, seed, images, out, log=_inspect_log(quiet, as_json))
-
-    def lines():
-        shown = f"the first {report.groups_shown} of {report.groups}" if report.groups_shown < report.groups else \
-            f"all {report.groups}"
-        yield (f"drew {report.tiles} images ({report.per_class} per group, seed {report.seed}) of {shown} groups "
-               f"({report.classes} classes" + (", unlabelled or conflicting images)" if report.groups > report.classes
-                                               else ")"))
-
-    _inspect_done(report, as_json, quiet, lines)
+    report = run(cache, cache_dir, per_class, max_classes, seed, images, out, log=_log(quiet, as_json))
+    _inspect_done(report, as_json, quiet, describe(report))
 
 
 # ------------------------------------------------------------------------- finetune
@@ -807,60 +662,53 @@ def inspect_samples(
 
 @app.command("finetune")
 def finetune(
-    from_run: Optional[Path] = typer.Option(None, "--from", help="Head run to start from; default: the best dense run "
-                                                                 "under ./runs/ (of --cache's backbone and classes, "
-                                                                 "if given); refused when they are of several data sets."),
-    unfreeze: int = typer.Option(4, help="Make the top N backbone layers that own weights trainable. A 'layer' is a "
-                                         "Keras layer with weights (Conv2D, DepthwiseConv2D, Dense...); "
-                                         "BatchNormalization layers never count: they stay frozen and in inference "
-                                         "mode. N larger than the backbone has is clamped, with a warning."),
-    epochs: int = typer.Option(10, help="Most epochs; early stopping on validation loss restores the best."),
-    lr: float = typer.Option(1e-5, help="Learning rate (Adam); keep it small."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, small rotation/zoom/contrast."),
-    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
-    cache: Optional[str] = typer.Option(None, help="The cache the head was trained on, if it moved."),
-    out: Optional[Path] = typer.Option(None, help="Run folder; default: runs/<timestamp>-finetune."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs live."),
-    seed: int = typer.Option(0),
-    patience: int = typer.Option(3, help="Epochs without val-loss improvement before stopping. The model kept is "
-                                         "the best by val accuracy (ties: val loss) of every epoch and the warm "
-                                         "start, so it is never worse than the starting head."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tune (the one in --out, "
-                                                         "or the newest unfinished one)."),
-    devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: train on several GPUs with "
-                                                     "MirroredStrategy; --batch-size is per device."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    from_run: Annotated[Optional[Path], Opt("--from", help="Dense head run to start from; refused when the "
+                                            "candidates are of several data sets.", default_text=(
+                                                "the best dense run under --runs-dir (of --cache's backbone and "
+                                                "classes, if given)"))] = None,
+    unfreeze: Annotated[int, Opt("--unfreeze", help="Make the top N backbone layers "
+                                 "that own weights trainable (Conv2D, DepthwiseConv2D, Dense...); BatchNormalization "
+                                 "layers never count: they stay frozen and in inference mode. N larger than the "
+                                 "backbone has is clamped, with a warning.")] = defaults.FINETUNE_UNFREEZE,
+    epochs: Annotated[int, Opt("--epochs", help="Most epochs; early stopping on "
+                               "validation loss.")] = defaults.FINETUNE_EPOCHS,
+    lr: Annotated[float, Opt("--lr", help="Learning rate (Adam); keep it "
+                             "small.")] = defaults.FINETUNE_LR,
+    batch_size: Annotated[int, Opt("--batch-size", help="Images per training "
+                                   "step.")] = defaults.FINETUNE_BATCH_SIZE,
+    augment: Annotated[bool, Opt("--augment/--no-augment", help="Random flip, small "
+                                 "rotation/zoom/contrast.", default_text="on")] = True,
+    images: Images = None,
+    cache: Annotated[Optional[str], Opt("--cache", help="The cache the head was trained on, if it "
+                                                              "moved.")] = None,
+    out: Out("The run folder.", "<runs-dir>/<timestamp>-finetune", short=False) = None,
+    runs_dir: RunsDir = Path(defaults.RUNS_DIR),
+    seed: Annotated[int, Opt("--seed", help="Seed of the shuffling and augmentation.")] = 0,
+    patience: Annotated[int, Opt("--patience", help="Epochs without val-loss "
+                                 "improvement before stopping. The model kept is the best by val accuracy (ties: "
+                                 "val loss) of every epoch and the warm start, so it is never worse than the "
+                                 "starting head.")] = defaults.FINETUNE_PATIENCE,
+    resume: Annotated[bool, Opt("--resume", help="Continue an interrupted fine-tune (the one in --out, or "
+                                                        "the newest unfinished one).")] = False,
+    devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1: train on several GPUs "
+                                          "with MirroredStrategy; --batch-size is per device.")] = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Fine-tune backbone + head end to end on the images, warm-started from a dense head."""
     from headstart.embedder.devices import parse_devices
     from headstart.heads.finetune import FinetuneOptions, finetune as run_finetune
+    from headstart.heads.summaries import finetune as summary
 
     options = FinetuneOptions(from_run=from_run, runs_dir=runs_dir, unfreeze=unfreeze, epochs=epochs, lr=lr,
                               batch_size=batch_size, augment=augment, images=images, cache=cache, out=out, seed=seed,
                               patience=patience, resume=resume, devices=parse_devices(devices),
                               progress=not quiet and not as_json)
-    report = run_finetune(options, log=(lambda m: None) if (quiet or as_json) else _err)
+    report = run_finetune(options, log=_log(quiet, as_json))
     if as_json:
         _emit_json(report.to_dict())
-        return
-    for warning in report.warnings:
-        _err(f"warning: {warning}")
-    if quiet:
-        return
-    before = report.head_metrics.get("accuracy")
-    start = report.start_metrics.get("val_accuracy")
-    after = report.metrics.get("accuracy")
-    kept = "the warm start (no epoch beat it)" if report.best_epoch == 0 else f"epoch {report.best_epoch}"
-    typer.echo(f"fine-tuned {report.run_dir} from {report.from_run}: {report.epochs_run} epochs, kept {kept}, "
-               f"{report.seconds_per_epoch:.1f} s/epoch")
-    if isinstance(after, (int, float)):
-        compared = [f"at the start {start:.4f}" if isinstance(start, (int, float)) else "",
-                    f"head alone on cached features {before:.4f}" if isinstance(before, (int, float)) else ""]
-        compared = "; ".join(c for c in compared if c)
-        typer.echo(f"val accuracy {after:.4f}" + (f" ({compared})" if compared else "")
-                   + f" on {report.val_images} images; macro-F1 {report.metrics.get('macro_f1', float('nan')):.4f}")
+    else:
+        _show(summary(report), quiet)
 
 
 # -------------------------------------------------------------------- predict, export
@@ -868,54 +716,91 @@ def finetune(
 
 @app.command("predict")
 def predict(
-    inputs: List[str] = typer.Argument(..., help="Image files and/or folders (or URLs)."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Head or fine-tuned run; default: the best run under ./runs/."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
-    fmt: str = typer.Option("csv", "--format", help="csv or json."),
-    top_k: int = typer.Option(3, "--top-k", help="How many classes to list per image."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    cache: List[str] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
-    runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
-    devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1, as for `embed run`."),
-    workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    inputs: Annotated[List[str], typer.Argument(help="Image files and/or folders (or URLs).")],
+    run: Annotated[Optional[Path], Opt("--run", help="A head or fine-tuned run.", default_text=(
+        "the best run under --runs-dir, if all of them are of one data set (or of the classes of a labelled "
+        "folder given)"))] = None,
+    out: Out("Write the predictions here instead of stdout.") = None,
+    fmt: Annotated[Optional[str], Opt("--format", choices=("csv", "json"), help="Format of the predictions.",
+                                      default_text="by --out's extension, else csv")] = None,
+    top_k: Annotated[int, Opt("--top-k", help="How many classes to list per "
+                              "image.")] = defaults.TOP_K,
+    min_prob: Annotated[Optional[float], Opt("--min-prob", help="Label an image 'unknown' when its top "
+                                             "class is less probable than P (a hot dog is not an ant).")] = None,
+    batch_size: Annotated[int, Opt("--batch-size",
+                                   help="Images per batch.")] = defaults.PREDICT_BATCH_SIZE,
+    cache: Annotated[List[str], Opt("--cache", help="Look features up in this cache first (repeatable); it "
+                                    "must be of the run's backbone.")] = [],  # noqa: B006 - Typer's list default
+    no_cache: Annotated[bool, Opt("--no-cache", help="Push every image through the backbone.")] = False,
+    runtime: Annotated[str, Opt("--runtime", choices=("auto", "tf", "litert"),
+                                help="As for `embed run`.")] = defaults.RUNTIME,
+    devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1, as for `embed "
+                                                                  "run`.")] = None,
+    workers: Annotated[Optional[int], Opt("--workers", help="Decoding threads.",
+                                          default_text="the number of cores")] = None,
+    runs_dir: RunsDir = Path(defaults.RUNS_DIR),
+    quiet: Quiet = False,
+    as_json: Annotated[bool, Opt("--json", help="Print a summary as JSON on stdout (counts, failures, "
+                                                       "timing; the predictions too unless --out).")] = False,
 ) -> None:
-    """Class probabilities for images: path, top-1 label, its probability, the top-k."""
-    from headstart.heads.inference import PredictOptions, predict_images, write_predictions
-    from headstart.heads.runs import best_run, load_run
+    """Class probabilities for images: path, top-1 label, its probability, the top-k.
 
-    chosen = load_run(run) if run else best_run(runs_dir)
-    if run is None and not quiet:
-        _err(f"using run {chosen.path} (the best by val accuracy under {runs_dir}/)")
+    Exit 1 when some files could not be used (they are listed).
+    """
     from headstart.embedder.devices import parse_devices
+    from headstart.heads.inference import PredictOptions, predict_images, prediction_format, write_predictions
+    from headstart.heads.summaries import predict as summary
 
+    fmt = prediction_format(fmt, out)
+    chosen = _run_for_predict(run, runs_dir, inputs, _log(quiet, as_json))
     options = PredictOptions(top_k=top_k, batch_size=batch_size, caches=cache, use_cache=not no_cache,
-                             runtime=runtime, devices=parse_devices(devices), workers=workers, progress=not quiet)
-    report = predict_images(inputs, chosen, options, log=(lambda m: None) if quiet else _err)
+                             runtime=runtime, devices=parse_devices(devices), workers=workers, min_prob=min_prob,
+                             progress=not quiet and not as_json)
+    report = predict_images(inputs, chosen, options, log=_log(quiet, as_json))
     text = write_predictions(report, out, fmt)
-    if text is not None:
+    if as_json:
+        data = report.to_dict()
+        if out is not None:
+            data.pop("predictions")
+        _emit_json(data)
+    elif text is not None:
         typer.echo(text, nl=False)
-    if report.skipped:
-        _err(f"skipped {len(report.skipped)} files:")
-        for item in report.skipped[:20]:
-            _err(f"  {item['path']}: {item['reason']}")
-    if not quiet:
-        runtime = f" ({report.runtime})" if report.runtime else ""
-        _err(f"predicted {len(report.predictions)} images in {report.elapsed_s:.1f} s "
-             f"({report.from_cache} from the cache, {report.through_backbone} through the backbone{runtime})")
+    _show(summary(report, quiet or as_json), True)
     raise typer.Exit(report.exit_code)
+
+
+def _run_for_predict(run, runs_dir, inputs, log):
+    """The run named, else the one choose_run picks (for one labelled folder: of its classes)."""
+    from headstart.heads.choose import choose_run
+    from headstart.heads.runs import load_run
+
+    if run is not None:
+        return load_run(run)
+    classes = None
+    if len(inputs) == 1:
+        from headstart.embedder.discovery import discover
+        from headstart.embedder.errors import UsageError
+        from headstart.embedder.storage import location
+
+        folder = location(inputs[0])
+        if folder.is_dir():
+            try:
+                classes = discover(folder).classes or None
+            except UsageError:
+                classes = None
+    return choose_run(runs_dir, classes=classes, log=log)
 
 
 @app.command("export")
 def export(
-    run: Path = typer.Argument(..., help="Head (dense) or fine-tuned run folder."),
-    fmt: str = typer.Option("keras", "--format", help="keras, savedmodel or tflite."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the model, labels.txt and export.json into."),
-    as_json: bool = typer.Option(False, "--json"),
+    run: Annotated[Path, typer.Argument(help="A dense head or fine-tuned run folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model, labels.txt and export.json "
+                                                              "into.")],
+    fmt: Annotated[str, Opt("--format", choices=("keras", "savedmodel", "tflite"),
+                            help="The model's format.")] = "keras",
+    as_json: Json = False,
 ) -> None:
-    """One self-contained model on raw RGB pixels [0, 255] -> class probabilities, plus labels.txt."""
+    """One self-contained model: any-size RGB images [0, 255] -> class probabilities, plus labels.txt."""
     from headstart.heads.export import FORMATS, export_run
     from headstart.heads.runs import load_run
 
@@ -925,8 +810,8 @@ def export(
     if as_json:
         _emit_json(info)
     else:
-        typer.echo(f"exported {info['artifact']} ({fmt}; input {info['input']['shape']} RGB 0-255; "
-                   f"{len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
+        typer.echo(f"exported {info['artifact']} ({fmt}; input {info['input']['shape']} RGB 0-255, "
+                   f"{info['input']['resize']}; {len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
 
 
 # --------------------------------------------------------------------------- report
@@ -934,41 +819,54 @@ def export(
 
 @app.command("report")
 def report(
-    run: Path = typer.Argument(..., help="A head or fine-tuned run folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write; default: RUN/report.html."),
-    reports: Optional[Path] = typer.Option(None, "--reports", help="Folder of `inspect` reports to include; default: "
-                                                                   "reports/ beside the runs folder, or in the "
-                                                                   "working folder."),
-    images: Optional[str] = typer.Option(None, help="Where the images are now, if they moved since embedding."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only problems."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    run: Annotated[Path, typer.Argument(help="A head or fine-tuned run folder.")],
+    out: Out("HTML file to write.", "RUN/report.html") = None,
+    reports: Annotated[Optional[Path], Opt("--reports", help="Folder of `inspect` reports to include.",
+                                           default_text="reports/ beside the runs folder, or in the working "
+                                                        "folder")] = None,
+    images: Images = None,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="Print only problems.")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Write a run's report.html: metrics, per-class table, plots, mistakes as pictures, inspect findings.
 
     One self-contained file (images inlined), readable offline in any browser.
     """
     from headstart.heads.run_report import write_run_report
+    from headstart.heads.summaries import run_report as summary
 
     result = write_run_report(run, out=out, reports_dir=reports, images=images)
     if as_json:
         _emit_json(result.to_dict())
-    elif not quiet:
-        typer.echo(f"wrote {result.out}")
-        typer.echo(f"images:   {result.images_root or 'unknown'} (the run's paths are relative to it)")
-        if not result.errors:
-            typer.echo("mistakes: none")
-        elif not result.error_tiles:
-            typer.echo(f"mistakes: {result.errors:,} listed without pictures (their images were not found)")
-        else:
-            capped = f"the first {result.error_tiles} of " if result.errors > result.error_tiles else ""
-            typer.echo(f"mistakes: {capped}{result.errors:,} shown as pictures")
-        found = ", ".join(Path(p).name for p in result.findings)
-        typer.echo(f"inspect:  {found} (from {result.reports_dir})" if found else
-                   "inspect:  no report on this run's cache found (run `headstart inspect ...` to add them)")
-    if not as_json:
-        for note in result.notes:
-            _err(f"note: {note}")
+    else:
+        _show(summary(result), quiet)
     raise typer.Exit(result.exit_code)
+
+
+# ------------------------------------------------------------------------ reference
+
+
+def cli_reference(width: int = 100) -> str:
+    """Every command's --help as one Markdown page: docs/cli.md is this text (a test checks it).
+
+    Regenerate it with
+    ``python -c "from headstart.cli import cli_reference; print(cli_reference(), end='')" > docs/cli.md``.
+    """
+    root = typer.main.get_command(app)
+    sections = ["# Command-line reference\n\nGenerated from `headstart --help` and every command's `--help` "
+                "(`headstart.cli.cli_reference`); `tests/test_docs.py` fails when it differs, so it cannot drift.\n"]
+
+    def walk(command, name: str, parent) -> None:
+        settings = dict(command.context_settings or {}, terminal_width=width, max_content_width=width)
+        ctx = typer.Context(command, info_name=name, parent=parent, **settings)
+        title = ctx.command_path
+        sections.append(f"## `{title}`\n\n```\n{command.get_help(ctx).rstrip()}\n```\n")
+        if hasattr(command, "list_commands"):  # a group (Typer's vendored click)
+            for sub in command.list_commands(ctx):
+                walk(command.get_command(ctx, sub), sub, ctx)
+
+    walk(root, "headstart", None)
+    return "\n".join(sections)
 
 
 # ----------------------------------------------------------------------------- main

@@ -37,7 +37,9 @@ from typing import Mapping
 
 import numpy as np
 
-DEFAULT_PIXEL_LIMIT = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: 0.25 GiB of 32-bit pixels
+from .defaults import PIXEL_LIMIT
+
+DEFAULT_PIXEL_LIMIT = PIXEL_LIMIT  # Pillow's Image.MAX_IMAGE_PIXELS: 0.25 GiB of 32-bit pixels
 # What Pillow may decode: the formats discovery lists (.jpg .jpeg .png .gif .bmp .webp), plus
 # MPO (the multi-picture JPEG many cameras write) and TIFF-encoded files named .jpg.
 DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF"})

@@ -37,13 +37,14 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .decode import DEFAULT_PIXEL_LIMIT, DecodeError, PixelRecipe, allow_pixels
+from .defaults import EMBED_BATCH_SIZE
 from .devices import available_cores
 from .errors import UsageError
 from .hashing import key_of_bytes
 from .runtimes import Forward, Network, RuntimeOptions, check_choice, load_forward
 from .storage import is_url, open_file
 
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = EMBED_BATCH_SIZE
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one the network runs on
 CHANGED = "changed since it was listed (its bytes no longer match the hash taken then); rerun to embed its new bytes"
 NON_FINITE = "the backbone produced NaN or infinite features for it"

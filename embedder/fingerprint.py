@@ -44,7 +44,7 @@ def describe(fingerprint: Fingerprint) -> str:
     if layer:
         parts.append(f"layer={layer}")
     parts.append(str(fp.pop("compute_dtype", "")))
-    if "decode" not in fp:  # caches made before the pixel rule was recorded (embedder.decode.LEGACY)
+    if fp.get("resize") == "bilinear" and "decode" not in fp:  # made before the pixel rule was recorded
         parts.append("legacy-pixels")
     for key in ("preprocessing", "resize", "decode", "jpeg_scaling", "orientation"):
         fp.pop(key, None)

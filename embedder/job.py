@@ -21,6 +21,7 @@ import numpy as np
 from .backbones import BackboneConfig, ResolvedBackbone, backbone_network, build_backbone, resolve
 from .cache import STORAGE_DTYPES, CacheWriter, Failure, FileRecord, open_cache
 from .decode import DEFAULT_PIXEL_LIMIT, only_pixels_differ, recipe_for
+from .defaults import CACHE_DIR, RUNTIME, STORAGE_DTYPE
 from .discovery import UNLABELED, Listing, discover
 from .engine import CHANGED, DEFAULT_BATCH_SIZE, Engine, Source
 from .errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
@@ -31,7 +32,7 @@ from .sanity import check_features
 from .staging import staged_cache
 from .storage import location
 
-DEFAULT_CACHE_DIR = Path("cache")
+DEFAULT_CACHE_DIR = Path(CACHE_DIR)
 FLATTEN_WARN_DIM = 8192
 MAX_VIEWS = 64
 
@@ -42,11 +43,11 @@ class EmbedOptions:
 
     cache: Path | None = None  # explicit cache file; default: derived under cache_dir
     cache_dir: Path = DEFAULT_CACHE_DIR
-    dtype: str = "float16"
+    dtype: str = STORAGE_DTYPE
     batch_size: int | None = DEFAULT_BATCH_SIZE  # per device; None: 'auto' (probed on a GPU)
     manifest: Path | None = None
     parallelism: int | None = None  # decode threads (--workers); default: the core count
-    runtime: str = "auto"  # 'auto' or a name in embedder.runtimes.RUNTIMES
+    runtime: str = RUNTIME  # 'auto' or a name in embedder.runtimes.RUNTIMES
     pixel_limit: int = DEFAULT_PIXEL_LIMIT  # larger images are recorded failures ("too large")
     shard: tuple[int, int] | None = None  # (index, count): embed only this shard's keys
     jit: bool | None = None  # XLA; None: on with a GPU, off without

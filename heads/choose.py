@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from headstart.embedder.cache import Cache, latest_cache, open_cache
+from headstart.embedder.defaults import CACHE_DIR, RUNS_DIR
 from headstart.embedder.errors import CacheError, UsageError
 from headstart.embedder.fingerprint import canonical_json, describe, same
 from headstart.embedder.storage import location
@@ -59,7 +60,7 @@ class CacheSummary:
         return f"  {self.path}  images {self.images_root}  {self.rows:,} rows  [{describe(self.fingerprint)}]"
 
 
-def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache", log: Log = _quiet,
+def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = CACHE_DIR, log: Log = _quiet,
                   fingerprint: dict | None = None) -> Path:
     """The cache to use: the one given, else the newest under ``cache_dir`` (and say which).
 
@@ -148,7 +149,7 @@ def _classes_text(classes: Sequence[str], most: int = 5) -> str:
     return shown + (f" (+{len(classes) - most} more)" if len(classes) > most else "")
 
 
-def run_candidates(runs_dir: str | os.PathLike = "runs", kind: str | None = None,
+def run_candidates(runs_dir: str | os.PathLike = RUNS_DIR, kind: str | None = None,
                    head_type: str | None = None) -> list[Candidate]:
     """Every readable run under ``runs_dir`` of ``kind`` ("head" or "finetuned") and ``head_type``."""
     found = []
@@ -185,7 +186,7 @@ def data_of(cache: Cache | str | os.PathLike) -> tuple[dict, list[str] | None]:
     return dict(opened.fingerprint), (list(opened.classes) if labelled else None)
 
 
-def choose_run(runs_dir: str | os.PathLike = "runs", *, fingerprint: dict | None = None,
+def choose_run(runs_dir: str | os.PathLike = RUNS_DIR, *, fingerprint: dict | None = None,
                classes: Sequence[str] | None = None, cache: Cache | str | os.PathLike | None = None,
                kind: str | None = None, head_type: str | None = None, flag: str = "--run RUN",
                log: Log = _quiet) -> Run:

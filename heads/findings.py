@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from headstart.embedder.defaults import REPORTS_DIR
+
 from .contact_sheet import Cell
 from .gallery import build_sheet
 
@@ -88,7 +90,7 @@ def candidate_dirs(run_dir: Path) -> list[Path]:
     """Where ``reports/`` may be: beside the runs folder (or a sweep's), then the working folder."""
     found, seen = [], set()
     for parent in list(Path(run_dir).resolve().parents)[:3] + [Path.cwd()]:
-        folder = parent / "reports"
+        folder = parent / REPORTS_DIR
         key = str(folder)
         if key not in seen and folder.is_dir():
             seen.add(key)

@@ -41,6 +41,8 @@ import numpy as np
 
 from headstart.embedder.atomic import atomic_path, write_text_atomic
 from headstart.embedder.cache import library_versions, open_cache
+from headstart.embedder.defaults import (FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_PATIENCE,
+                                         FINETUNE_UNFREEZE, RUNS_DIR)
 from headstart.embedder.devices import mirrored_strategy, select_devices
 from headstart.embedder.errors import BackboneError, UsageError
 from headstart.embedder.fingerprint import require_same
@@ -59,17 +61,17 @@ PREPROCESS_PREFIX = "headstart_preprocess"
 @dataclass
 class FinetuneOptions:
     from_run: Path | None = None  # default: the best dense run under runs_dir
-    runs_dir: Path = Path("runs")
-    unfreeze: int = 4
-    epochs: int = 10
-    lr: float = 1e-5
-    batch_size: int = 16
+    runs_dir: Path = Path(RUNS_DIR)
+    unfreeze: int = FINETUNE_UNFREEZE
+    epochs: int = FINETUNE_EPOCHS
+    lr: float = FINETUNE_LR
+    batch_size: int = FINETUNE_BATCH_SIZE
     augment: bool = True
     images: Path | None = None  # where the images are now, if they moved since embedding
     cache: Path | None = None  # default: the cache the head was trained on
     out: Path | None = None
     seed: int = 0
-    patience: int = 3
+    patience: int = FINETUNE_PATIENCE
     resume: bool = False
     devices: str | list[int] | None = None  # several devices: MirroredStrategy (batch_size is per device)
     progress: bool = True

@@ -19,8 +19,9 @@ import numpy as np
 
 from headstart.embedder.cache import open_cache
 from headstart.embedder.cache.finite import require_finite_rows
+from headstart.embedder.defaults import CACHE_DIR, PREDICT_BATCH_SIZE, RUNTIME, TOP_K
 from headstart.embedder.discovery import discover, is_image_name
-from headstart.embedder.engine import DEFAULT_BATCH_SIZE, Engine, Source
+from headstart.embedder.engine import Engine, Source
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
 from headstart.embedder.fingerprint import require_same, same
 from headstart.embedder.hashing import hash_files
@@ -31,14 +32,15 @@ from .full_model import finetuned_network, is_finetuned, pixel_recipe, resolve_b
 
 @dataclass
 class PredictOptions:
-    top_k: int = 3
-    batch_size: int = DEFAULT_BATCH_SIZE
+    top_k: int = TOP_K
+    batch_size: int = PREDICT_BATCH_SIZE
     caches: Sequence[Path] = ()  # caches to look features up in first (each must fit the run)
-    cache_dir: Path = Path("cache")
+    cache_dir: Path = Path(CACHE_DIR)
     use_cache: bool = True
-    runtime: str = "auto"  # 'auto' or a name in embedder.runtimes.RUNTIMES
+    runtime: str = RUNTIME  # 'auto' or a name in embedder.runtimes.RUNTIMES
     devices: str | list[int] | None = None  # several devices: MirroredStrategy (batch_size is per device)
     workers: int | None = None  # decoding threads
+    min_prob: float | None = None  # below it, an image's label is 'unknown' (its top_k stay)
     progress: bool = True
 
 
@@ -50,6 +52,9 @@ class PredictReport:
     from_cache: int = 0
     through_backbone: int = 0
     ignored: dict = field(default_factory=dict)  # extension -> files passed over (not images by name)
+    min_prob: float | None = None
+    unknown: int = 0  # images labelled 'unknown' (top class below min_prob)
+    out: str = ""  # where the predictions were written ('' : stdout)
     runtime: str = ""
     elapsed_s: float = 0.0
     backbone_s: float = 0.0
@@ -189,8 +194,10 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
     options = options or PredictOptions()
     if options.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
+    if options.min_prob is not None and not 0.0 <= options.min_prob <= 1.0:
+        raise UsageError(f"--min-prob is a probability between 0 and 1, got {options.min_prob}")
     started = time.perf_counter()
-    report = PredictReport(run=str(run.path))
+    report = PredictReport(run=str(run.path), min_prob=options.min_prob)
     files = list_inputs(inputs, report.ignored)
     keys = hash_files([p for _, p in files])
     classes = list(run.classes)
@@ -241,8 +248,35 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
     if done:
         matrix = np.stack([probabilities[i] for i in done])
         report.predictions = top_k_rows([files[i][0] for i in done], matrix, classes, options.top_k)
+        report.unknown = mark_unknown(report.predictions, options.min_prob)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+UNKNOWN = "unknown"
+
+
+def mark_unknown(rows: list[dict], min_prob: float | None) -> int:
+    """Label rows whose top class is less probable than ``min_prob`` 'unknown' (a hot dog or an
+    owl, shown to an ants-vs-bees head, got ants or bees at 0.68-0.91: a head only knows its
+    classes). The top-k keep the classes and their probabilities. Returns how many."""
+    if min_prob is None:
+        return 0
+    count = 0
+    for row in rows:
+        if row["probability"] < min_prob:
+            row["label"] = UNKNOWN
+            count += 1
+    return count
+
+
+def prediction_format(fmt: str | None, out: Path | None) -> str:
+    """``--format`` when given, else the ``--out`` file's extension (.json: json), else csv."""
+    if fmt is not None:
+        if fmt not in ("csv", "json"):
+            raise UsageError(f"--format must be csv or json, got {fmt!r}")
+        return fmt
+    return "json" if out is not None and Path(out).suffix.lower() == ".json" else "csv"
 
 
 def predict_arrays(images: Sequence[np.ndarray], run, options: PredictOptions | None = None,
@@ -301,5 +335,6 @@ def write_predictions(report: PredictReport, out: Path | None, fmt: str) -> str 
     from headstart.embedder.atomic import write_text_atomic
 
     write_text_atomic(out, text)
+    report.out = str(out)
     return None
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from headstart.embedder.atomic import TMP_MARKER, fsync_dir, write_text_atomic
+from headstart.embedder.defaults import RUNS_DIR
 from headstart.embedder.errors import HeadstartError, UsageError
 from headstart.embedder.hashing import file_sha256
 
@@ -201,7 +202,7 @@ def _run_folders(runs_dir: Path) -> Iterator[tuple[Path, bool]]:
             yield here, False
 
 
-def list_runs(runs_dir: str | os.PathLike = "runs") -> list[tuple[Path, dict]]:
+def list_runs(runs_dir: str | os.PathLike = RUNS_DIR) -> list[tuple[Path, dict]]:
     """(path, head.json) of every readable run under ``runs_dir`` (any kind), oldest first."""
     found = []
     runs_dir = Path(runs_dir)
@@ -220,7 +221,7 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> list[tuple[Path, dict]]:
     return found
 
 
-def incomplete_runs(runs_dir: str | os.PathLike = "runs") -> list[Path]:
+def incomplete_runs(runs_dir: str | os.PathLike = RUNS_DIR) -> list[Path]:
     """Folders under ``runs_dir`` holding files but no readable head.json."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -235,7 +236,7 @@ def val_accuracy(meta: dict) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def best_run(runs_dir: str | os.PathLike = "runs", head_type: str | None = None, kind: str | None = None) -> Run:
+def best_run(runs_dir: str | os.PathLike = RUNS_DIR, head_type: str | None = None, kind: str | None = None) -> Run:
     """The run with the highest validation accuracy (ties: the newest).
 
     ``head_type`` restricts to head runs (kind "head") of that type, e.g. the dense head to

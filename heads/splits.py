@@ -27,10 +27,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from headstart.embedder.defaults import VAL_FRACTION
 from headstart.embedder.errors import UsageError
 
 SPLITS = ("train", "val", "test")
-DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_VAL_FRACTION = VAL_FRACTION
 DEFAULT_SEED = 0
 # How held out a split name is: bytes filed under two splits go to the most held-out one.
 SPLIT_PRIORITY = {"": 0, "train": 1, "val": 2, "validation": 2, "test": 3}
@@ -94,7 +95,7 @@ def assign_splits(
     keys: Sequence[str],
     labels: Sequence[int],
     given_splits: Sequence[str],
-    val_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
 ) -> np.ndarray:
     """'train'/'val'/'test' for every entry (one per file or per row; duplicates of a key

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from headstart.embedder.defaults import CACHE_DIR, RUNS_DIR
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 
 from .choose import resolve_cache
@@ -102,9 +103,9 @@ def run_sweep(
     grid: dict[str, list],
     cache: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    runs_dir: str | os.PathLike = "runs",
+    runs_dir: str | os.PathLike = RUNS_DIR,
     val_fraction: float | None = None,
-    cache_dir: str | os.PathLike = "cache",
+    cache_dir: str | os.PathLike = CACHE_DIR,
     log: Callable[[str], None] = lambda m: None,
     progress: bool = False,
     sort: str = "accuracy",

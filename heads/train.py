@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from headstart.embedder.cache import library_versions, open_cache
+from headstart.embedder.defaults import CACHE_DIR, RUNS_DIR
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from headstart.embedder.fingerprint import describe, require_same
 from headstart.embedder.storage import location
@@ -66,8 +67,8 @@ def train_head(
     params: HeadParams,
     cache: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    runs_dir: str | os.PathLike = "runs",
-    cache_dir: str | os.PathLike = "cache",
+    runs_dir: str | os.PathLike = RUNS_DIR,
+    cache_dir: str | os.PathLike = CACHE_DIR,
     log: Log = _quiet,
     progress: bool = False,
 ) -> TrainReport:
@@ -238,9 +239,9 @@ def evaluate_run(
     cache: str | os.PathLike | None = None,
     split: str = "auto",
     out: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike = "cache",
+    cache_dir: str | os.PathLike = CACHE_DIR,
     log: Log = _quiet,
-    runs_dir: str | os.PathLike = "runs",
+    runs_dir: str | os.PathLike = RUNS_DIR,
 ) -> EvalReport:
     """Re-evaluate a saved head on a cache of the same fingerprint.
 

@@ -27,6 +27,14 @@ needs_assets = pytest.mark.skipif(
     reason="real assets not found at ../shared/assets (set HEADSTART_ASSETS to point elsewhere)",
 )
 
+def pytest_collection_modifyitems(items):
+    """Tests that skip without the real assets are marked ``assets`` (pytest -m assets)."""
+    for item in items:
+        if any(mark.name == "skipif" and "real assets" in str(mark.kwargs.get("reason", ""))
+               for mark in item.iter_markers()):
+            item.add_marker(pytest.mark.assets)
+
+
 CLASS_COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
 
 

@@ -65,6 +65,7 @@ def test_weights_file_fingerprint_is_its_hash(tmp_path):
     assert fp["weights"] == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
+@pytest.mark.slow
 @needs_assets
 def test_real_weights_give_useful_features(tmp_path, run_cli):
     """MobileNetV2 alpha 0.35 on hymenoptera: logistic regression >= 0.85 on the val folder,

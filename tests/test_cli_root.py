@@ -93,10 +93,10 @@ def test_epoch_bar_uses_the_shared_progress_helper(monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     params = make_params("dense", epochs=3)
-    bar = _epoch_bar(params, True)
+    bar = _epoch_bar(params.head, True)  # the head kind being trained (heads.kinds)
     with bar as on_epoch:
         on_epoch(0, {"loss": 1.0, "val_loss": 1.1, "val_accuracy": 0.5})
         assert bar.bar.n == 1 and not bar.bar.disable
     assert "dense head" in terminal.getvalue() and "/3" in terminal.getvalue()
-    with _epoch_bar(params, False) as on_epoch:
+    with _epoch_bar(params.head, False) as on_epoch:
         assert on_epoch is None

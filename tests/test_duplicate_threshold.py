@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from test_heads_helpers import key_of
+from feature_caches import key_of
 from headstart.embedder.cache import FileRecord, write_cache
 from headstart.heads.quality import threshold as calibration
 from headstart.heads.quality.commands import inspect_duplicates

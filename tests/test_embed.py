@@ -246,6 +246,7 @@ def test_weights_file_for_another_architecture(tmp_path, run_cli):
     assert not list((tmp_path / "cache").glob("*.h5"))
 
 
+@pytest.mark.slow
 def test_degenerate_backbone_is_refused_before_writing(tmp_path, run_cli):
     """Random MobileNetV2 features are ~1e-12: exactly zero in float16. Refuse them."""
     root = tmp_path / "imgs"
@@ -256,6 +257,8 @@ def test_degenerate_backbone_is_refused_before_writing(tmp_path, run_cli):
     assert not (tmp_path / "c.h5").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_imagenet_download_failure_is_one_actionable_line(tmp_path):
     """No network (simulated by a dead proxy): suggest --weights FILE or none."""
     root = tmp_path / "imgs"
@@ -272,6 +275,7 @@ def test_imagenet_download_failure_is_one_actionable_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.subprocess
 def test_help_does_not_import_tensorflow():
     code = (
         "import sys; from headstart import cli\n"

@@ -152,6 +152,8 @@ def test_bad_input(tmp_path, run_cli, head_run):
     assert code == 2 and "train a dense head first" in err
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_resume_after_kill_9(tmp_path, head_run):
     out = tmp_path / "ft"
     cmd = [sys.executable, "-c", "import sys; from headstart import cli; sys.exit(cli.main())", "finetune", "--from", str(head_run["run"]),
@@ -179,6 +181,7 @@ def test_resume_after_kill_9(tmp_path, head_run):
     assert (out / "head.json").exists() and not (out / "checkpoint").exists()
 
 
+@pytest.mark.slow
 @needs_assets
 def test_hymenoptera_finetune_keeps_val_accuracy(tmp_path, run_cli):
     """MobileNetV2 alpha 0.35: 2 epochs of fine-tuning from the dense head do not cost

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headstart.embedder.cache import FileRecord, write_cache
-from test_heads_helpers import FINGERPRINT, key_of, make_cache
+from feature_caches import FINGERPRINT, key_of, make_cache
 
 
 def _fails(run_cli, *args, match: str):
@@ -147,6 +147,7 @@ def test_a_crash_while_writing_leaves_no_run(tmp_path, monkeypatch, good):
     assert list(tmp_path.iterdir()) == []  # neither the run nor its temporary folder
 
 
+@pytest.mark.subprocess
 def test_help_and_usage_errors_do_not_import_heavy_libraries(tmp_path):
     import subprocess
     import sys

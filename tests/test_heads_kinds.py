@@ -15,7 +15,7 @@ import pytest
 from headstart.embedder.cache import FileRecord, write_cache
 from headstart.heads.kinds import FitReport, Head, get_kind, kind_names, make_head, option_table
 from headstart.heads.kinds.arrays import l2_normalize
-from test_heads_helpers import FINGERPRINT, key_of, make_cache
+from feature_caches import FINGERPRINT, key_of, make_cache
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from headstart.heads.run_meta import RunMeta, SplitRecord
 from headstart.heads.runs import RunError, load_run
 from headstart.heads.splits import SplitSpec
-from test_heads_helpers import make_cache
+from feature_caches import make_cache
 
 
 @pytest.fixture(scope="module")

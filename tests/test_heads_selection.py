@@ -10,7 +10,7 @@ import pytest
 
 from headstart.embedder.errors import UsageError
 from headstart.heads.choose import choose_run, resolve_cache
-from test_heads_helpers import FINGERPRINT, make_cache
+from feature_caches import FINGERPRINT, make_cache
 
 OTHER = dict(FINGERPRINT, architecture="OtherNet")
 

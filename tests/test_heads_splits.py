@@ -10,7 +10,7 @@ import pytest
 from headstart.embedder.errors import UsageError
 from headstart.heads.data import load_labelled
 from headstart.heads.splits import assign_splits, split_source
-from test_heads_helpers import key_of, make_cache
+from feature_caches import key_of, make_cache
 
 
 def _keys(n, start=0):

@@ -11,7 +11,7 @@ import pytest
 
 from headstart.embedder.cache import open_cache
 from headstart.heads.runs import best_run, list_runs, load_run
-from test_heads_helpers import FINGERPRINT, make_cache
+from feature_caches import FINGERPRINT, make_cache
 
 FAST_DENSE = ("--epochs", "15", "--hidden", "32", "--lr", "1e-2")
 RUN_FILES = {"head.json", "metrics.json", "confusion.png", "misclassified.csv"}
@@ -203,7 +203,7 @@ def test_default_cache_is_the_newest_and_default_out_is_timestamped(tmp_path, ru
 
 
 def test_label_conflicts_are_left_out_with_exit_1(tmp_path, run_cli):
-    from test_heads_helpers import key_of
+    from feature_caches import key_of
 
     cache = make_cache(tmp_path / "c.h5", per_class=20, extra=[
         ("wasps/copy_of_an_ant.jpg", key_of("0-ants-0"), 2, "", np.zeros(16))])

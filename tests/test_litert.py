@@ -104,6 +104,7 @@ FAMILIES = [("MobileNet", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32), ("
             ("ConvNeXtTiny", 32)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size", FAMILIES)
 def test_every_registered_family_converts_with_parity(name, size):
     """Random weights, generated pixels: LiteRT within 1e-4 (relative) of TensorFlow.
@@ -115,6 +116,7 @@ def test_every_registered_family_converts_with_parity(name, size):
     assert check_parity(model, LiteRTForward(convert(model)), size, seed=1) <= RELATIVE
 
 
+@pytest.mark.slow
 @needs_assets
 @pytest.mark.parametrize("alpha, weights", [(0.35, WEIGHTS_035), (1.0, WEIGHTS_100)])
 def test_real_weights_on_real_photos_have_parity(alpha, weights):

@@ -103,6 +103,7 @@ def test_a_cache_of_the_older_rule_is_continued_by_its_own_rule(tmp_path, run_cl
         np.testing.assert_allclose(rows[str(cache.keys[row])], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_assets
 def test_a_sideways_phone_photo_embeds_like_the_upright_one(tmp_path):
     """EXIF orientation 6 (stored sideways): cosine >= 0.99 to the upright photo with real

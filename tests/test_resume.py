@@ -6,6 +6,8 @@ the batch in flight, and the resumed cache must equal an uninterrupted run.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -56,6 +58,8 @@ def _by_path(cache_path):
     return {str(p): (feats[i], int(cache.labels[i])) for i, p in enumerate(cache.paths)}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
     images = tmp_path / "imgs"
     make_class_folders(images, per_class=40, size=(64, 64))
@@ -94,6 +98,8 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(grown[path][0], resumed[path][0])  # old rows bit for bit
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_ctrl_c_says_what_is_kept_and_the_rerun_resumes(tmp_path):
     """SIGINT mid-run: exit code 130, one line saying the finished batches are kept (Typer
     itself turns Ctrl-C into a silent 130), the parts on disk, and a rerun that resumes."""

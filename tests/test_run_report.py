@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import CLASS_COLOURS, make_class_folders, photo_like, save_image
-from test_heads_helpers import make_cache
+from feature_caches import make_cache
 
 CLASSES = ("ants", "bees", "wasps")
 
@@ -228,6 +228,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
 def test_page_renders_in_headless_chromium(head_run, tmp_path):
     from PIL import Image

@@ -4,6 +4,8 @@ the same cache as the plain 1-device run."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -60,6 +62,8 @@ def test_xla_gives_the_same_features(tmp_path, run_cli):
     assert bool(open_cache(tmp_path / "xla.h5").attrs["jit"]) is True
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_logical_devices_give_the_same_cache(tmp_path, tiny_model_file):
     """Split this CPU into 2 logical devices: embed, predict and finetune run mirrored, and
     the 2-device cache equals the 1-device one (keys, labels, features within tolerance)."""

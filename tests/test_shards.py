@@ -116,6 +116,8 @@ def test_bad_shard_specs(run_cli, tmp_path, sharded):
         assert code == 2 and message in err, (spec, err)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_shard_resumes(sharded, tmp_path):
     """A shard is an ordinary embed run over its keys: kill -9 and rerun resumes it."""
     import signal

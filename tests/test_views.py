@@ -42,6 +42,7 @@ def images(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_views_are_reproducible_distinct_and_close_to_the_clean_features(images, tmp_path, tiny_model_file):
     config = _config(tiny_model_file)
     report = _embed(images, tmp_path / "a.h5", config, views=3)
@@ -133,6 +134,8 @@ def _cmd(images, cache, *extra):
             "--batch-size", "2", "--runtime", "tf", *extra]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_kill_9_while_embedding_views_then_resume(tmp_path):
     images = tmp_path / "imgs"
     make_class_folders(images, per_class=5, size=(48, 48))
@@ -199,7 +202,7 @@ def _add_views(cache_path, make_view, count=2):
 
 
 def _layout_cache(tmp_path):
-    from test_heads_helpers import make_cache
+    from feature_caches import make_cache
 
     splits = {name: ["train"] * 20 + ["val"] * 10 for name in ("ants", "bees", "wasps")}
     return make_cache(tmp_path / "c.h5", per_class=30, splits=splits)

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from headstart.embedder.cache import Cache, open_cache
+from headstart.embedder.defaults import CACHE_DIR, REPORTS_DIR
 from headstart.embedder.errors import UsageError
 
 from ..choose import resolve_cache
@@ -108,7 +109,7 @@ def build_inventory(cache: Cache, val_fraction: float = DEFAULT_VAL_FRACTION, se
                      split_source=split.source, val_fraction=val_fraction, seed=int(seed))
 
 
-def open_inventory(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache",
+def open_inventory(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = CACHE_DIR,
                    val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SEED, log: Log = quiet) -> Inventory:
     return build_inventory(open_cache(resolve_cache(cache, cache_dir, log)), val_fraction, seed)
 
@@ -175,7 +176,7 @@ def raw_features(cache: Cache) -> np.ndarray:
     return require_finite(cache.load_features("float32"), cache.path)
 
 
-def default_report_path(cache: Cache, suffix: str, reports_dir: str | os.PathLike = "reports") -> Path:
+def default_report_path(cache: Cache, suffix: str, reports_dir: str | os.PathLike = REPORTS_DIR) -> Path:
     """``reports/<cache name>-<suffix>``: beside runs/ and cache/, one file per cache and report."""
     stem = Path(str(cache.path)).stem or "cache"
     return Path(reports_dir) / f"{stem}-{suffix}"
