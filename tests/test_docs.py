@@ -11,17 +11,23 @@ import sys
 
 import pytest
 
-from conftest import HYMENOPTERA, REPO_ROOT, WEIGHTS_100, make_class_folders, needs_assets
+import numpy as np
+
+from conftest import HYMENOPTERA, REPO_ROOT, WEIGHTS_100, make_class_folders, needs_assets, photo_like, save_image
 
 README = REPO_ROOT / "README.md"
 
 
+def _code_blocks(markdown: str, after_heading: str, language: str = "python") -> list[str]:
+    """The ```language blocks of the section under the heading ``after_heading``."""
+    section = markdown.split(after_heading, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"```{language}\n(.*?)```", section, re.S)
+    assert blocks, f"no {language} block after {after_heading!r}"
+    return blocks
+
+
 def _code_block(markdown: str, after_heading: str, language: str = "python") -> str:
-    """The first ```language block after the heading ``after_heading``."""
-    section = markdown.split(after_heading, 1)[1]
-    match = re.search(rf"```{language}\n(.*?)```", section, re.S)
-    assert match, f"no {language} block after {after_heading!r}"
-    return match.group(1)
+    return _code_blocks(markdown, after_heading, language)[0]
 
 
 def test_cli_reference_is_generated_from_the_command_line():
@@ -113,9 +119,14 @@ def test_the_readme_export_snippet_runs_as_written(tmp_path, tiny_model_file):
                      "-q"]) == 0
     assert cli.main(["head", "train", "--cache", str(tmp_path / "c.h5"), "--epochs", "3", "--hidden", "8",
                      "--out", str(tmp_path / "run"), "-q"]) == 0
-    assert cli.main(["export", str(tmp_path / "run"), "--format", "keras", "--out", str(tmp_path / "model")]) == 0
-    shutil.copy(next(images.rglob("*.jpg")), tmp_path / "owl.jpg")
-    code = _code_block(README.read_text(encoding="utf-8"), "## Using an exported model")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    for fmt in ("keras", "savedmodel", "tflite"):
+        assert cli.main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / "model")]) == 0
+    big = tmp_path / "owl.jpg"  # a full-size photo: the caller does not resize
+    save_image(big, photo_like(np.random.default_rng(1), (300, 400), (200, 40, 40)))
+    blocks = _code_blocks(README.read_text(encoding="utf-8"), "## Using an exported model")
+    assert len(blocks) == 3  # keras, savedmodel, tflite: the later ones reuse the first's names
+    proc = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() in ("cats", "dogs")
+    answers = proc.stdout.strip().splitlines()
+    assert len(answers) == 3 and len(set(answers)) == 1 and answers[0] in ("cats", "dogs"), answers
