@@ -141,7 +141,8 @@ def run_report(result) -> Summary:
     if not result.errors:
         s.out.append("mistakes: none")
     elif not result.error_tiles:
-        s.out.append(f"mistakes: {plural(result.errors, 'image')} listed without pictures (not found)")
+        s.out.append(f"mistakes: {plural(result.errors, 'image')} listed without pictures "
+                     f"(their images were not found)")
     else:
         capped = f"the first {result.error_tiles} of " if result.errors > result.error_tiles else ""
         s.out.append(f"mistakes: {capped}{plural(result.errors, 'image')} shown as pictures")

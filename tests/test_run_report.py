@@ -107,7 +107,7 @@ def head_run(tmp_path_factory):
     cache = make_cache(work / "cache" / "c.h5", per_class=30, separation=0.5)
     images = write_images_for(cache)
     run = work / "runs" / "logreg"
-    assert cli.main(["head", "train", "--cache", str(cache), "--head", "logreg", "--out", str(run), "-q"]) == 0
+    assert cli.main(["head", "train", "--cache", str(cache), "--head", "logreg", "--C", "1", "--out", str(run), "-q"]) == 0
     assert cli.main(["inspect", "labels", "--cache", str(cache), "--out", str(work / "reports" / "c-label-errors.csv"),
                      "-q"]) == 0
     assert cli.main(["inspect", "duplicates", "--cache", str(cache), "--out",
