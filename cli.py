@@ -149,7 +149,12 @@ def embed_run(
     max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Images with more pixels (read from the "
                                                                    "header) are skipped as too large, not decoded."),
     runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
-                                             "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
+                                             "else TensorFlow; without TensorFlow installed, jax, else torch), "
+                                             "tf, litert, or jax/torch (Keras 3 on JAX or PyTorch, in a worker "
+                                             "process; no TensorFlow needed). Same numbers within 1e-4."),
+    decode: str = typer.Option("pillow", "--decode", help="pillow (CPU threads; a cache made another way keeps "
+                                                          "its own rule), or nvjpeg: JPEGs decoded on a CUDA GPU "
+                                                          "(torchvision); other pixels, so another fingerprint."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
                                                    "key; one cache per shard, then `embed merge`."),
     precision: str = typer.Option("auto", help="float32, or mixed (Keras mixed_float16); auto: mixed on a GPU, "
@@ -172,8 +177,10 @@ def embed_run(
 
     from headstart.embedder.devices import parse_devices
 
+    from headstart.embedder.decode import decode_choice
+
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
-                            layer=layer, alpha=alpha, seed=seed, precision=precision)
+                            layer=layer, alpha=alpha, seed=seed, precision=precision, pixels=decode_choice(decode))
     from headstart.embedder.batch_size import parse_batch_size
 
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=parse_batch_size(batch_size, 32),
@@ -211,7 +218,8 @@ def _print_embed_report(report, quiet: bool) -> None:
         extra = f", {report.duplicates:,} duplicate files" if report.duplicates else ""
         typer.echo(f"cache: {report.cache_path} ({report.rows:,} rows for {report.files:,} files{extra}, "
                    f"{report.cache_bytes / 1e6:.1f} MB)")
-        runtime = f" (runtime: {report.runtime})" if report.runtime else ""
+        device = f", {report.runtime_device}" if report.runtime_device else ""
+        runtime = f" (runtime: {report.runtime}{device})" if report.runtime else ""
         typer.echo(f"backbone: {describe(report.fingerprint)}{runtime}")
         if report.resumed_parts:
             typer.echo(f"resumed: {report.resumed_parts} batches from an interrupted run were kept")
@@ -827,7 +835,8 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size"),
     cache: List[str] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
-    runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
+    runtime: str = typer.Option("auto", help="auto, tf, litert, jax or torch, as for `embed run` (jax/torch: "
+                                             "head runs; the pixels follow the run's own rule)."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1, as for `embed run`."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
