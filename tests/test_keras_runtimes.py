@@ -212,6 +212,31 @@ def test_features_match_tensorflow_on_real_weights(backend, tmp_path, run_cli):
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
 
 
+@needs_assets
+@needs_jax
+def test_mixed_precision_on_jax_computes_in_float16(tmp_path):
+    """`--precision mixed` on jax: the fingerprint says mixed_float16 and the worker really
+    computes in float16 (features off float32's by ~1e-2, not by float32 noise), yet returns
+    float32 features a cache stores."""
+    images = tmp_path / "images" / "ants"
+    images.mkdir(parents=True)
+    for photo in sorted((HYMENOPTERA / "val" / "ants").glob("*.jpg"))[:4]:
+        (images / photo.name).write_bytes(photo.read_bytes())
+    common = ["--runtime", "jax", "--weights", WEIGHTS_035, "--alpha", "0.35", "--image-size", "64",
+              "--batch-size", "4", "--dtype", "float32", "--json"]
+    runs = {}
+    for precision in ("float32", "mixed"):
+        proc, _ = _cli(["embed", "run", tmp_path / "images", "--precision", precision,
+                        "--cache", tmp_path / f"{precision}.h5", *common], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[precision] = json.loads(proc.stdout)["fingerprint"]["compute_dtype"]
+    assert runs == {"float32": "float32", "mixed": "mixed_float16"}
+    mixed, full = _features_by_key(tmp_path / "mixed.h5"), _features_by_key(tmp_path / "float32.h5")
+    got, want = np.stack([mixed[k] for k in sorted(full)]), np.stack([full[k] for k in sorted(full)])
+    difference = np.abs(got - want).max() / np.abs(want).max()
+    assert 1e-4 < difference < 0.2
+
+
 @needs_jax
 def test_cache_embedded_by_jax_trains_and_predicts_with_default_runtimes(tmp_path, tiny_model_file, run_cli):
     """Part 4: a cache from the jax runtime is an ordinary cache. `head train` and `predict`

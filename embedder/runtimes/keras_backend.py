@@ -18,8 +18,8 @@ within the parity tolerance (relative max difference ~3e-5 for MobileNetV2 on re
 tests/test_keras_runtimes.py), so the runtime is recorded on the cache but is not part of
 the fingerprint. What would change the numbers is refused: ``--weights none`` (each backend
 draws its own random weights from the same seed). Mixed precision (``--precision mixed``)
-is Keras' own on either backend. JAX compiles the forward pass with XLA once per batch
-shape (the full batch, and powers of two below it for a short last batch).
+is Keras' own on either backend. JAX compiles the forward pass with XLA once, for the full
+batch, at set-up; a short last batch is padded to it rather than compiled again.
 """
 
 from __future__ import annotations
