@@ -21,6 +21,7 @@ import typer
 from headstart import __version__
 from headstart.embedder import defaults
 from headstart.embedder.errors import EXIT_OK, EXIT_USAGE, HeadstartError
+from headstart.embedder.runtimes import CHOICES as RUNTIME_CHOICES
 
 # The root listing, in the order of the workflow, each command in one line that fits 80 columns.
 WORKFLOW = {
@@ -204,10 +205,15 @@ def embed_run(
                                           default_text="the number of cores")] = None,
     max_pixels: Annotated[int, Opt("--max-pixels", help="Images with more pixels (read from "
                                    "the header) are skipped as too large, never decoded.")] = defaults.PIXEL_LIMIT,
-    runtime: Annotated[str, Opt("--runtime", choices=("auto", "tf", "litert"),
+    runtime: Annotated[str, Opt("--runtime", choices=RUNTIME_CHOICES,
                                 help="What runs the backbone: auto takes LiteRT when no GPU is visible and the "
-                                     "backbone converts, else TensorFlow, and says why. Same numbers within "
-                                     "1e-4.")] = defaults.RUNTIME,
+                                     "backbone converts, else TensorFlow (without TensorFlow installed: jax, "
+                                     "else torch), and says why. jax/torch: Keras 3 on that backend in a worker "
+                                     "process, no TensorFlow needed. Same numbers within 1e-4.")] = defaults.RUNTIME,
+    decode: Annotated[str, Opt("--decode", choices=("pillow", "nvjpeg"),
+                               help="pillow: CPU threads (a cache made another way keeps its own rule); nvjpeg: "
+                                    "JPEGs decoded on a CUDA GPU (torchvision): other pixels, so another "
+                                    "fingerprint.")] = "pillow",
     shard: Annotated[Optional[str], Opt("--shard", help="I/N: embed only shard I (0-based) of N; one cache "
                                                               "per shard, then `embed merge`.")] = None,
     precision: Annotated[str, Opt("--precision", choices=("auto", "float32", "mixed"),
@@ -229,12 +235,13 @@ def embed_run(
     """Embed every image once; reruns embed only what is new, and resume after a crash."""
     from headstart.embedder.backbones import BackboneConfig
     from headstart.embedder.batch_size import parse_batch_size
+    from headstart.embedder.decode import decode_choice
     from headstart.embedder.devices import parse_devices
     from headstart.embedder.job import EmbedOptions, parse_shard, run_embedding
     from headstart.embedder.summaries import embed_run as summary
 
     config = BackboneConfig(backbone=backbone, weights=weights, image_size=image_size, pooling=pooling,
-                            layer=layer, alpha=alpha, seed=seed, precision=precision)
+                            layer=layer, alpha=alpha, seed=seed, precision=precision, pixels=decode_choice(decode))
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype,
                            batch_size=parse_batch_size(batch_size, defaults.EMBED_BATCH_SIZE), manifest=manifest,
                            parallelism=workers, runtime=runtime, pixel_limit=max_pixels,
@@ -732,8 +739,9 @@ def predict(
     cache: Annotated[List[str], Opt("--cache", help="Look features up in this cache first (repeatable); it "
                                     "must be of the run's backbone.")] = [],  # noqa: B006 - Typer's list default
     no_cache: Annotated[bool, Opt("--no-cache", help="Push every image through the backbone.")] = False,
-    runtime: Annotated[str, Opt("--runtime", choices=("auto", "tf", "litert"),
-                                help="As for `embed run`.")] = defaults.RUNTIME,
+    runtime: Annotated[str, Opt("--runtime", choices=RUNTIME_CHOICES,
+                                help="As for `embed run` (jax/torch: head runs; the pixels follow the run's "
+                                     "own rule).")] = defaults.RUNTIME,
     devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1, as for `embed "
                                                                   "run`.")] = None,
     workers: Annotated[Optional[int], Opt("--workers", help="Decoding threads.",

@@ -112,8 +112,8 @@ class BackboneConfig:
     alpha: float | None = None
     seed: int = 0
     precision: str = "auto"  # 'auto' (mixed with a GPU, else float32) | 'float32' | 'mixed'
-    # How bytes become pixels (embedder.decode.RECIPES): 'current' | 'legacy'; 'auto' is the
-    # current rule, except that a run continuing a cache of another rule keeps that rule.
+    # How bytes become pixels (embedder.decode.RECIPES): 'current' | 'legacy' | 'nvjpeg'; 'auto' is
+    # the current rule, except that a run continuing a cache of another rule keeps that rule.
     pixels: str = "auto"
 
 
@@ -266,16 +266,21 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
 # Building (imports TensorFlow/Keras)
 
 
-def build_backbone(resolved: ResolvedBackbone):
+def build_backbone(resolved: ResolvedBackbone, keras=None):
     """The frozen feature extractor for ``resolved``: pixels [0, 255] -> pooled features.
 
     For a model file, the input size is the file's own (read it from ``model.inputs``; the
     fingerprint keeps 0). With ``compute_dtype`` mixed_float16 the network computes in
     float16 (Keras mixed precision) and still returns float32 features.
-    """
-    from .tf_runtime import import_keras
 
-    keras = import_keras()
+    ``keras``: the Keras to build with; by default TensorFlow's. The jax and torch runtimes
+    pass their worker's Keras, already on that backend (:mod:`embedder.runtimes.worker`):
+    everything below is plain Keras 3 API, the same on every backend.
+    """
+    if keras is None:
+        from .tf_runtime import import_keras
+
+        keras = import_keras()
     mixed = resolved.fingerprint.get("compute_dtype") == COMPUTE_DTYPES["mixed"]
     previous = keras.mixed_precision.global_policy()
     if mixed:  # every layer built below computes in float16, keeps float32 weights
@@ -399,7 +404,8 @@ def backbone_network(resolved: ResolvedBackbone, log=lambda message: None):
         return build_backbone(resolved)
 
     return Network(key=network_key(resolved.fingerprint), build=build, describe=dict(resolved.fingerprint),
-                   mixed_precision=resolved.fingerprint.get("compute_dtype") == COMPUTE_DTYPES["mixed"])
+                   mixed_precision=resolved.fingerprint.get("compute_dtype") == COMPUTE_DTYPES["mixed"],
+                   portable=resolved)
 
 
 def describe_architecture(resolved: ResolvedBackbone) -> str:

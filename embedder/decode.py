@@ -71,6 +71,9 @@ class PixelRecipe:
     def load(self, data: bytes, size: int, limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarray:
         return self.resize(self.decode(data, limit, at_least=size), size)
 
+    def check_available(self) -> None:
+        """Raise a one-line UsageError when this machine cannot make these pixels."""
+
 
 class _PillowRecipe(PixelRecipe):
     def decode(self, data, limit=DEFAULT_PIXEL_LIMIT, at_least=None):
@@ -117,12 +120,58 @@ class _TensorFlowRecipe(PixelRecipe):
         return tf.image.resize(image, [size, size], method="bilinear").numpy().astype(np.float32, copy=False)
 
 
+class _NvjpegRecipe(_PillowRecipe):
+    """JPEGs decoded by nvjpeg on a CUDA GPU and resized there (:mod:`embedder.nvjpeg`); other
+    formats decoded by Pillow. Its own fingerprint: nvjpeg's pixels are not libjpeg's."""
+
+    def load(self, data, size, limit=DEFAULT_PIXEL_LIMIT):
+        from . import nvjpeg
+
+        return nvjpeg.resize(nvjpeg.decode_upright(data, limit, self._pillow), size)
+
+    def decode(self, data, limit=DEFAULT_PIXEL_LIMIT, at_least=None):
+        from . import nvjpeg
+
+        # Full size (nvjpeg has no DCT scaling), copied to the host: what views crop from.
+        return nvjpeg.decode_upright(data, limit, self._pillow).permute(1, 2, 0).contiguous().cpu().numpy()
+
+    def resize(self, image, size):
+        from . import nvjpeg
+
+        return nvjpeg.resize(nvjpeg.to_tensor(image), size)
+
+    def check_available(self) -> None:
+        from .nvjpeg import require_cuda
+
+        require_cuda()
+
+    def _pillow(self, data, limit):
+        return _PillowRecipe.decode(self, data, limit)
+
+
 CURRENT = _PillowRecipe(
     "current",
     {"decode": "pillow", "jpeg_scaling": "dct", "orientation": "exif", "resize": "bilinear-antialias"},
     antialias=True, needs_tensorflow=False)
 LEGACY = _TensorFlowRecipe("legacy", {"resize": "bilinear"}, antialias=False, needs_tensorflow=True)
-RECIPES = {recipe.name: recipe for recipe in (CURRENT, LEGACY)}
+NVJPEG = _NvjpegRecipe(
+    "nvjpeg",
+    {"decode": "nvjpeg", "jpeg_scaling": "none", "orientation": "exif", "resize": "torch-bilinear-antialias"},
+    antialias=True, needs_tensorflow=False)
+RECIPES = {recipe.name: recipe for recipe in (CURRENT, LEGACY, NVJPEG)}
+
+
+DECODE_CHOICES = {"pillow": "auto", "nvjpeg": "nvjpeg"}  # `embed run --decode` -> BackboneConfig.pixels
+
+
+def decode_choice(decode: str) -> str:
+    """``--decode pillow|nvjpeg`` as a pixel rule name ('auto': the current rule, or a continued
+    cache's own)."""
+    if decode not in DECODE_CHOICES:
+        from .errors import UsageError
+
+        raise UsageError(f"--decode must be one of {', '.join(DECODE_CHOICES)}, got {decode!r}")
+    return DECODE_CHOICES[decode]
 
 
 def recipe_for(fingerprint: Mapping[str, object]) -> PixelRecipe:

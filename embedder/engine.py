@@ -87,6 +87,7 @@ class EngineInfo:
     batch_size: int = 0  # per device, as used (after --batch-size auto)
     replicas: int = 1
     jit: bool = False
+    device: str = ""  # what computed, when the runtime says (e.g. 'jax 0.10.2, cpu')
     workers: int = 0
     setup_s: float = 0.0  # building/converting/loading the network, and its first (warm-up) call
     batch_probe: dict = field(default_factory=dict)  # --batch-size auto on a GPU: batch -> images/s
@@ -128,18 +129,19 @@ class Engine:
             from .tf_runtime import import_tf
 
             import_tf()
+        self.recipe.check_available()
         from .tf_runtime import tune_malloc
 
         tune_malloc()
         forward = load_forward(self.runtime, self.network, self.options, self.log)
         info = self.info
         info.runtime, info.reason, info.image_size = forward.runtime, forward.reason, forward.image_size
-        info.replicas, info.jit = forward.replicas, forward.jit
+        info.replicas, info.jit, info.device = forward.replicas, forward.jit, forward.device
         self.log(f"runtime: {forward.runtime} ({forward.reason})")
         if self.batch_size is None:
             from .batch_size import probe_batch_size
 
-            on_gpu = forward.runtime == "tf" and _tensorflow_sees_a_gpu()
+            on_gpu = forward.on_gpu or (forward.runtime == "tf" and _tensorflow_sees_a_gpu())
             choice = probe_batch_size(forward, forward.image_size, on_gpu, forward.replicas, log=self.log)
             info.batch_size = choice.size
             info.batch_probe = {str(k): round(v, 1) for k, v in choice.rates.items()}
@@ -148,8 +150,7 @@ class Engine:
             info.batch_size = self.batch_size
         # The first call pays one-off costs (XNNPACK packs its weights, kernels are chosen):
         # pay them here, where they are reported as set-up, not inside the first batch.
-        warm = min(4, info.batch_size * forward.replicas)
-        forward(np.zeros((warm, forward.image_size, forward.image_size, 3), np.float32))
+        forward.warm_up(info.batch_size * forward.replicas)
         info.setup_s = time.perf_counter() - started
         self._forward = forward
         return forward
@@ -183,7 +184,7 @@ class Engine:
             except (_ReadError, _Changed, DecodeError) as exc:
                 return str(exc)
 
-        pixels = np.empty((capacity, size, size, 3), dtype=np.float32)
+        pixels = forward.buffer((capacity, size, size, 3))  # a worker's shared memory: no copy per batch
         entries: list[int] = []
         keys: list[str] = []
         failed: list[tuple[int, str]] = []

@@ -74,6 +74,7 @@ class EmbedReport:
     label_conflicts: list[dict] = field(default_factory=list)  # {key, paths, labels}
     warnings: list[str] = field(default_factory=list)
     runtime: str = ""  # what ran the backbone this time ('' when nothing was embedded)
+    runtime_device: str = ""  # the backend and device it ran on, where the runtime says (jax, torch)
     devices: int = 0  # how many devices ran it (MirroredStrategy when > 1)
     jit: bool = False
     rewritten: bool = False
@@ -227,7 +228,7 @@ def run_embedding(
         report.label_conflicts = _label_conflicts(kept, listing.classes)
         report.duplicates = len(kept) - len({r.key for r in kept})  # as `embed info` counts them
         for name, value in (("runtime", report.runtime), ("jit", report.jit if report.runtime else None),
-                            ("devices", report.devices or None)):
+                            ("devices", report.devices or None), ("runtime_device", report.runtime_device or None)):
             # how the rows were computed; kept from the last run that embedded any
             writer.extra_attrs[name] = value if report.runtime else writer.existing_attrs.get(name)
         result = writer.finish(kept, listing.classes, failures, listing.root)
@@ -315,6 +316,7 @@ class _JobEngine:
             engine.start()
             info, report = engine.info, self.report
             report.runtime, report.devices, report.jit = info.runtime, info.replicas, info.jit
+            report.runtime_device = info.device
             report.batch_size, report.batch_probe, report.workers = info.batch_size, info.batch_probe, info.workers
             report.setup_s = info.setup_s
             self._engine = engine

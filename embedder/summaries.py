@@ -46,7 +46,8 @@ def embed_run(report) -> Summary:
     extra = f", {plural(report.duplicates, 'duplicate file')}" if report.duplicates else ""
     s.out.append(f"cache: {report.cache_path} ({plural(report.rows, 'row')} for {plural(report.files, 'file')}"
                  f"{extra}, {report.cache_bytes / 1e6:.1f} MB)")
-    runtime = f" (runtime: {report.runtime})" if report.runtime else ""
+    device = f", {report.runtime_device}" if report.runtime_device else ""
+    runtime = f" (runtime: {report.runtime}{device})" if report.runtime else ""
     s.out.append(f"backbone: {describe(report.fingerprint)}{runtime}")
     s.out.append(f"images: {report.images_root} ({report.layout}; the cache's paths are relative to it)")
     if report.resumed_parts:

@@ -3,6 +3,11 @@
 TensorFlow takes seconds to import and prints C++ log lines (oneDNN notices, "no CUDA
 drivers") that mean nothing to a user. The CLI must answer ``--help`` instantly, so only
 functions that run a model call :func:`import_tf`.
+
+TensorFlow is optional for embedding: ``embed run --runtime jax|torch`` runs on a machine
+without it (a GPU box with JAX or PyTorch). So where it is missing, :func:`import_tf` is a
+one-line :class:`~embedder.errors.UsageError` naming what needed it, never a traceback, and
+:func:`tensorflow_installed` answers without importing it.
 """
 
 from __future__ import annotations
@@ -54,13 +59,35 @@ def quiet_stderr():
                 _quiet_saved = None
 
 
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported here (asked of the import system: nothing is loaded)."""
+    import importlib.util
+
+    if _tf is not None or "tensorflow" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def import_tf():
-    """TensorFlow, imported with its start-up noise silenced; errors still surface."""
+    """TensorFlow, imported with its start-up noise silenced; errors still surface.
+
+    Missing TensorFlow is a :class:`UsageError`: what asked for it (a cache of the legacy
+    pixel rule, a ``gs://`` path, ``--runtime tf``, a dense head) says so in one line.
+    """
     global _tf
     if _tf is not None:
         return _tf
+    if not tensorflow_installed():
+        from .errors import UsageError
+
+        raise UsageError("this needs TensorFlow, which is not installed here (pip install tensorflow); "
+                         "embedding runs without it on --runtime jax or torch")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _refuse_other_keras_backend()
     with quiet_stderr():
         import tensorflow as tf  # noqa: WPS433 - deliberate lazy import
 
@@ -77,7 +104,21 @@ def import_keras():
     import_tf()
     import keras
 
+    _refuse_other_keras_backend()
     return keras
+
+
+def _refuse_other_keras_backend() -> None:
+    """Keras picks its backend once per process, at its first import: a process whose Keras
+    runs on JAX or PyTorch cannot build TensorFlow models (the jax/torch runtimes keep
+    Keras out of the main process, in a worker, for this reason)."""
+    keras = sys.modules.get("keras")
+    backend = getattr(getattr(keras, "config", None), "backend", None)
+    if keras is not None and callable(backend) and backend() != "tensorflow":
+        from .errors import UsageError
+
+        raise UsageError(f"Keras runs on the {backend()} backend in this process (KERAS_BACKEND), so it cannot "
+                         f"build TensorFlow models; unset KERAS_BACKEND (or set it to tensorflow) for this command")
 
 
 def gpus_visible() -> bool:

@@ -8,7 +8,10 @@ says why:
   mixed precision) or a GPU is visible;
 * otherwise LiteRT, when the network converts (and matches TensorFlow on a probe batch):
   about twice TensorFlow's rate on CPUs (benchmarks/embed_throughput.py);
-* otherwise TensorFlow, naming what LiteRT refused.
+* otherwise TensorFlow, naming what LiteRT refused;
+* where TensorFlow is not installed at all (a GPU box with JAX or PyTorch): Keras 3 on JAX,
+  else on PyTorch, where a GPU is likely; PyTorch first on CPUs, where XLA ran MobileNetV2
+  about 10x slower than PyTorch (:mod:`embedder.runtimes.keras_backend`); naming what refused.
 
 A runtime named explicitly insists: if it cannot run the network, that is a one-line error.
 Runtimes give the same numbers within the parity tolerance, so the choice is recorded on the
@@ -21,11 +24,14 @@ from typing import Callable
 
 from ..errors import UsageError
 from .base import Forward, Network, Runtime, RuntimeOptions
+from .keras_backend import KerasBackendRuntime
 from .litert import ConversionError, LiteRTRuntime
 from .tf import TensorFlowRuntime
 
-RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (TensorFlowRuntime(), LiteRTRuntime())}
+RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (
+    TensorFlowRuntime(), LiteRTRuntime(), KerasBackendRuntime("jax"), KerasBackendRuntime("torch"))}
 CHOICES = ("auto", *RUNTIMES)
+WITHOUT_TENSORFLOW = ("jax", "torch")  # the runtimes that need no TensorFlow
 
 __all__ = ["CHOICES", "RUNTIMES", "ConversionError", "Forward", "Network", "Runtime", "RuntimeOptions",
            "check_choice", "load_forward"]
@@ -41,9 +47,20 @@ def load_forward(name: str, network: Network, options: RuntimeOptions | None = N
                  log: Callable[[str], None] = lambda m: None) -> Forward:
     """The forward pass of ``network`` on runtime ``name`` (or the one ``auto`` picks)."""
     from ..devices import mirrored_strategy, select_devices
+    from ..tf_runtime import tensorflow_installed
 
     check_choice(name)
     options = options or RuntimeOptions()
+    if name == "auto" and not tensorflow_installed():
+        return _without_tensorflow(network, options, log)
+    if name in WITHOUT_TENSORFLOW:  # nothing below (devices, strategies) may import TensorFlow for these
+        runtime = RUNTIMES[name]
+        refusal = runtime.refuses(network, options, [])
+        if refusal:
+            raise UsageError(refusal)
+        forward = runtime.load(network, lambda: None, options, log)
+        forward.reason = f"asked for; {forward.reason}"
+        return forward
     device_names = select_devices(options.devices)
     strategy = mirrored_strategy(device_names)
     tf_only = [why for why, on in (("several devices", strategy is not None), ("--jit", bool(options.jit)),
@@ -86,6 +103,22 @@ def load_forward(name: str, network: Network, options: RuntimeOptions | None = N
     forward = runtime.load(network, model, options, log)
     forward.reason = f"asked for; {forward.reason}"
     return forward
+
+
+def _without_tensorflow(network: Network, options: RuntimeOptions, log: Callable[[str], None]) -> Forward:
+    """``auto`` where TensorFlow is not installed: jax then torch with a GPU, torch then jax without."""
+    from ..devices import gpu_likely
+
+    refusals = []
+    for name in WITHOUT_TENSORFLOW if gpu_likely() else tuple(reversed(WITHOUT_TENSORFLOW)):
+        runtime = RUNTIMES[name]
+        refusal = runtime.refuses(network, options, [])
+        if refusal is None:
+            forward = runtime.load(network, lambda: None, options, log)
+            forward.reason = f"TensorFlow is not installed; {forward.reason}"
+            return forward
+        refusals.append(refusal)
+    raise UsageError("TensorFlow is not installed here, and no other runtime can run this: " + "; ".join(refusals))
 
 
 def _tensorflow_sees_a_gpu() -> bool:

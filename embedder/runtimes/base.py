@@ -23,6 +23,9 @@ class Network:
     build: Callable[[], object]  # -> the Keras model (pixels [B, S, S, 3] in [0, 255] -> outputs)
     describe: dict = field(default_factory=dict)  # recorded beside converted copies
     mixed_precision: bool = False
+    # What another process needs to build it (a picklable ResolvedBackbone), for the runtimes
+    # that run Keras on another backend in a worker process; None: only this process can.
+    portable: object = None
 
 
 @dataclass
@@ -44,9 +47,27 @@ class Forward:
     reason: str
     replicas: int = 1  # devices a batch is split over (global batch = per-device batch x replicas)
     jit: bool = False
+    device: str = ""  # what computes, as reported: e.g. 'jax 0.10.2, cpu', '' when the runtime does not say
+    on_gpu: bool = False  # known to run on a GPU (--batch-size auto then probes); the tf runtime asks TensorFlow
+    # Optional hooks of runtimes that run elsewhere (a worker process, compiled shapes):
+    allocate: Callable[[tuple], np.ndarray] | None = None  # a pixel buffer they read without a copy
+    warm: Callable[[int], None] | None = None  # pay one-off costs for batches of up to N rows
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.fn(images), dtype=np.float32)
+
+    def buffer(self, shape: tuple) -> np.ndarray:
+        """A float32 array of ``shape`` for the caller to fill with pixels and pass back (a
+        worker's shared memory, so nothing is copied on the way; else plain memory)."""
+        return self.allocate(shape) if self.allocate is not None else np.empty(shape, dtype=np.float32)
+
+    def warm_up(self, rows: int) -> None:
+        """Pay the first call's one-off costs now (XNNPACK packs its weights, XLA compiles the
+        batch shape), where they are reported as set-up rather than inside the first batch."""
+        if self.warm is not None:
+            self.warm(rows)
+        else:
+            self(np.zeros((min(4, rows), self.image_size, self.image_size, 3), np.float32))
 
 
 class Runtime:
