@@ -12,12 +12,12 @@ import numpy as np
 from .cache import describe_nonfinite, find_nonfinite, open_cache, parts_dir_for
 from .fingerprint import describe
 from .staging import pending_parts
-from .storage import is_url, location
+from .storage import is_url
 
 
 def cache_info(path: str | Path) -> dict:
     cache = open_cache(path)
-    path = location(path)
+    path = cache.path
     per_class: dict[str, Counter] = defaultdict(Counter)
     for label, split in zip(cache.labels, cache.splits):
         name = cache.classes[label] if label >= 0 else "(unlabeled)"
@@ -31,7 +31,7 @@ def cache_info(path: str | Path) -> dict:
     bad_files = [str(p) for p in cache.paths[np.isin(cache.rows, nonfinite.rows)]] if len(nonfinite.rows) else []
     return {
         "path": str(path),
-        "size_bytes": path.stat().st_size,
+        "size_bytes": cache.location.local_file().stat().st_size,
         "format_version": cache.attrs.get("format_version"),
         "fingerprint": cache.fingerprint,
         "fingerprint_text": describe(cache.fingerprint),

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .backbones import BackboneConfig, ResolvedBackbone, backbone_network, build_backbone, resolve
-from .cache import STORAGE_DTYPES, CacheWriter, Failure, FileRecord, open_cache
+from .cache import STORAGE_DTYPES, CacheLocation, CacheWriter, Failure, FileRecord, open_cache
 from .decode import DEFAULT_PIXEL_LIMIT, only_pixels_differ, recipe_for
 from .defaults import CACHE_DIR, RUNTIME, STORAGE_DTYPE
 from .discovery import UNLABELED, Listing, discover
@@ -29,7 +29,6 @@ from .fingerprint import describe, fingerprint_id
 from .hashing import hash_files
 from .runtimes import RuntimeOptions
 from .sanity import check_features
-from .staging import staged_cache
 from .storage import location
 
 DEFAULT_CACHE_DIR = Path(CACHE_DIR)
@@ -173,19 +172,20 @@ def run_embedding(
     if options.views_seed is not None and options.views_seed < 0:
         raise UsageError(f"--views-seed must be a non-negative integer, got {options.views_seed}")
     started = time.perf_counter()
-    resolved = _resolve_for_cache(config, options, log)
+    named = CacheLocation.of(options.cache) if options.cache else None
+    resolved = _resolve_for_cache(config, named, log)
     listing = discover(images, options.manifest)
     shard = check_shard(options.shard)
-    cache_path = location(options.cache) if options.cache else default_cache_path(
-        listing.root, resolved, options.dtype, location(options.cache_dir), shard)
-    report = EmbedReport(str(cache_path), resolved.fingerprint, str(listing.root), listing.layout,
+    target = named or CacheLocation.of(default_cache_path(
+        listing.root, resolved, options.dtype, location(options.cache_dir), shard))
+    report = EmbedReport(str(target), resolved.fingerprint, str(listing.root), listing.layout,
                          ignored_files=listing.ignored_count, pixels=recipe_for(resolved.fingerprint).name,
                          warnings=list(listing.warnings))  # symlink loops, split-named classes: printed at the end
     extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
                    "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None}
 
     # A cache at a URL is written in a local staging folder and uploaded once finished.
-    with staged_cache(cache_path, log) as local_cache, \
+    with target.staged(log) as local_cache, \
             _open_writer(local_cache, resolved, options, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
         keys = _hash_listing(listing, options.progress)
@@ -244,15 +244,15 @@ def run_embedding(
     return report
 
 
-def _resolve_for_cache(config: BackboneConfig, options: EmbedOptions, log: Callable[[str], None]) -> ResolvedBackbone:
+def _resolve_for_cache(config: BackboneConfig, target: CacheLocation | None,
+                       log: Callable[[str], None]) -> ResolvedBackbone:
     """The config's fingerprint; continuing an existing cache (``--cache``) made with an older
     pixel rule uses that cache's rule, and says so, rather than refusing or mixing rows."""
     resolved = resolve(config)
-    if config.pixels != "auto" or not options.cache:
+    if config.pixels != "auto" or target is None:
         return resolved
-    target = location(options.cache)
     try:
-        if not target.is_file():
+        if not target.where.is_file():
             return resolved
         existing = open_cache(target).fingerprint
     except (CacheError, OSError):

@@ -27,12 +27,12 @@ import numpy as np
 
 from .atomic import atomic_path
 from .cache import (
-    Cache, CacheError, CacheWriter, Failure, FileRecord, content_digest, open_cache, parts_dir_for,
+    Cache, CacheError, CacheLocation, CacheWriter, Failure, FileRecord, content_digest, open_cache, parts_dir_for,
     write_root_attrs, write_tables,
 )
 from .errors import UsageError
 from .fingerprint import require_same
-from .staging import pending_parts, staged_cache
+from .staging import pending_parts
 from .storage import is_url, location
 
 COPY_ROWS = 16384
@@ -186,7 +186,7 @@ def _check_duplicates(shard: Cache, duplicates, owner: dict[str, Cache], key_to_
 def _write_copy(out: Path, first: Cache, sources, row_keys, files, classes, failures, root, extra, log) -> None:
     if out.exists():
         raise UsageError(f"{out} exists; merge into a new file")
-    with staged_cache(out, log) as local_out, \
+    with CacheLocation.of(out).staged(log) as local_out, \
             CacheWriter(local_out, first.fingerprint, first.feature_dtype, extra) as writer:
         for shard, take, _ in sources:
             for start in range(0, len(take), COPY_ROWS):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from headstart.embedder.cache import Cache, latest_cache, open_cache
+from headstart.embedder.cache import Cache, CacheLocation, latest_cache, open_cache
 from headstart.embedder.defaults import CACHE_DIR, RUNS_DIR
 from headstart.embedder.errors import CacheError, UsageError
 from headstart.embedder.fingerprint import canonical_json, describe, same
@@ -61,8 +61,9 @@ class CacheSummary:
 
 
 def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike = CACHE_DIR, log: Log = _quiet,
-                  fingerprint: dict | None = None) -> Path:
-    """The cache to use: the one given, else the newest under ``cache_dir`` (and say which).
+                  fingerprint: dict | None = None) -> CacheLocation:
+    """The cache to use: the one given, else the newest under ``cache_dir`` (and say which),
+    resolved once into the location everything below takes.
 
     Args:
       cache: the cache the user named (``--cache``); used as is.
@@ -74,7 +75,7 @@ def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike 
     (of ``fingerprint``, if given) belong to more than one (images root, fingerprint) group.
     """
     if cache is not None:
-        return location(cache)
+        return CacheLocation.of(cache)
     newest = latest_cache(cache_dir)  # raises "no cache found under ..." when there is none
     summaries, unreadable = _summaries(location(cache_dir))
     if not summaries:
@@ -100,7 +101,7 @@ def resolve_cache(cache: str | os.PathLike | None, cache_dir: str | os.PathLike 
     chosen = max(summaries, key=lambda s: s.mtime_ns)
     log(f"using cache {chosen.path} (the newest under {cache_dir}/: images {chosen.images_root}, "
         f"{chosen.rows:,} rows, backbone [{describe(chosen.fingerprint)}])")
-    return chosen.path
+    return CacheLocation.of(chosen.path)
 
 
 def _summaries(folder) -> tuple[list[CacheSummary], list[Path]]:

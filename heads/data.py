@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from headstart.embedder.cache import Cache, open_cache
+from headstart.embedder.cache import Cache, CacheLocation, open_cache
 from headstart.embedder.cache.finite import REEMBED_ADVICE
 from headstart.embedder.errors import CacheError, UsageError
-from headstart.embedder.storage import location
 
 from .splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, SPLIT_PRIORITY, SplitSpec, assign_splits, split_source
 
@@ -28,7 +26,7 @@ _SPLIT_BY_PRIORITY = np.asarray(["", "train", "val", "test"], dtype=object)
 class LabelledFeatures:
     """Everything a head needs from a cache, in memory. Arrays are per row ([N])."""
 
-    cache_path: Path
+    cache_location: CacheLocation  # as resolved where the cache was named; reopened through it
     fingerprint: dict
     classes: list[str]
     images_root: str
@@ -44,6 +42,11 @@ class LabelledFeatures:
     cache_attrs: dict = field(default_factory=dict)
     num_files: int = 0
     _subsets: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cache_path(self):
+        """The cache, as named (a local Path, or a URL)."""
+        return self.cache_location.where
 
     @property
     def dim(self) -> int:
@@ -90,7 +93,7 @@ class LabelledFeatures:
         }
 
 
-def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = DEFAULT_VAL_FRACTION,
+def load_labelled(cache: str | os.PathLike | CacheLocation | Cache, val_fraction: float = DEFAULT_VAL_FRACTION,
                   seed: int = DEFAULT_SEED) -> LabelledFeatures:
     """Open a cache, read its features once as float32, and resolve rows, labels and splits."""
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
@@ -102,7 +105,7 @@ def load_labelled(cache: str | os.PathLike | Cache, val_fraction: float = DEFAUL
     conflicts = conflict_records(cache, table)
     splits = split.split
     return LabelledFeatures(
-        cache_path=location(cache.path),
+        cache_location=cache.location,
         fingerprint=dict(cache.fingerprint),
         classes=list(cache.classes),
         images_root=str(cache.images_root),
@@ -214,7 +217,7 @@ def training_views(data: LabelledFeatures, limit: int = -1) -> tuple[np.ndarray,
     Validation and test rows never contribute views: they are measured on clean images,
     as a user's new images will be.
     """
-    cache = open_cache(data.cache_path)
+    cache = open_cache(data.cache_location)
     if not cache.num_views:
         raise UsageError(f"cache {data.cache_path} holds no augmented views; run `headstart embed run IMAGES "
                          f"--views 4` (same backbone options) first, or drop --views")

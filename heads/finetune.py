@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from headstart.embedder.atomic import atomic_path, write_text_atomic
-from headstart.embedder.cache import library_versions, open_cache
+from headstart.embedder.cache import CacheLocation, library_versions, open_cache
 from headstart.embedder.defaults import (FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_PATIENCE,
                                          FINETUNE_UNFREEZE, RUNS_DIR)
 from headstart.embedder.devices import mirrored_strategy, select_devices
@@ -440,8 +440,8 @@ def _finetune_in(run_dir: Path, state: dict, run, options: FinetuneOptions, log)
     report = FinetuneReport(run_dir=str(run_dir), from_run=str(run.path), unfreeze_requested=opts["unfreeze"],
                             head_metrics=dict(run.record.metrics))
 
-    cache_path = location(opts["cache"] or run.record.cache.path or "")
-    if not cache_path.is_file():
+    cache_path = CacheLocation.of(opts["cache"] or run.record.cache.path or "")
+    if not cache_path.where.is_file():
         raise UsageError(f"the head's cache {cache_path} is gone; pass --cache with a cache of the same fingerprint")
     cache = open_cache(cache_path)
     require_same(cache.fingerprint, run.fingerprint, f"cache {cache_path}", f"run {run.path}")

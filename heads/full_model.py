@@ -13,7 +13,6 @@ from pathlib import Path
 from headstart.embedder.backbones import ResolvedBackbone, build_backbone, config_from_fingerprint
 from headstart.embedder.decode import PixelRecipe, recipe_for
 from headstart.embedder.errors import UsageError
-from headstart.embedder.storage import location
 
 FULL_MODEL_FILE = "model.keras"
 
@@ -23,11 +22,11 @@ def backbone_sources(meta: dict) -> tuple[str | None, str | None]:
     sources = meta.get("backbone_sources") or {}
     backbone, weights = sources.get("backbone"), sources.get("weights")
     if backbone is None and weights is None:
-        cache_path = (meta.get("cache") or {}).get("path")
-        if cache_path and location(cache_path).is_file():
-            from headstart.embedder.cache import open_cache
+        from headstart.embedder.cache import CacheLocation, open_cache
 
-            attrs = open_cache(cache_path).attrs
+        recorded = (meta.get("cache") or {}).get("path")
+        if recorded and (cache := CacheLocation.of(recorded)).where.is_file():
+            attrs = open_cache(cache).attrs
             backbone, weights = attrs.get("backbone_source"), attrs.get("weights_source")
     return backbone, weights
 

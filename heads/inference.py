@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from headstart.embedder.cache import open_cache
+from headstart.embedder.cache import CacheLocation, open_cache
 from headstart.embedder.cache.finite import require_finite_rows
 from headstart.embedder.defaults import CACHE_DIR, PREDICT_BATCH_SIZE, RUNTIME, TOP_K
 from headstart.embedder.discovery import discover, is_image_name
@@ -149,26 +149,26 @@ def _cached_features(keys: list[str], fingerprint: dict, candidates: list[tuple[
     return found
 
 
-def _candidate_caches(meta: dict, options: PredictOptions) -> list[tuple[Path, bool]]:
+def _candidate_caches(meta: dict, options: PredictOptions) -> list[tuple[CacheLocation, bool]]:
     """(cache, named by the user), the named ones first, each once."""
     named = []
     for p in options.caches:
-        path = location(p)
-        if not path.is_file():
+        where = CacheLocation.of(p)
+        if not where.where.is_file():
             raise UsageError(f"--cache {p}: no such cache file")
-        named.append((path, True))
+        named.append((where, True))
     others = []
     recorded = (meta.get("cache") or {}).get("path")
     if recorded:
-        others.append(location(recorded))
+        others.append(CacheLocation.of(recorded))
     if Path(options.cache_dir).is_dir():
-        others.extend(sorted(Path(options.cache_dir).glob("*.h5")))
-    unique: list[tuple[Path, bool]] = []
+        others.extend(CacheLocation.of(p) for p in sorted(Path(options.cache_dir).glob("*.h5")))
+    unique: list[tuple[CacheLocation, bool]] = []
     seen: set = set()
-    for path, flag in named + [(p, False) for p in others]:
-        if path.is_file() and path.resolve() not in seen:
-            seen.add(path.resolve())
-            unique.append((path, flag))
+    for where, flag in named + [(p, False) for p in others]:
+        if where.where.is_file() and where.resolved() not in seen:
+            seen.add(where.resolved())
+            unique.append((where, flag))
     return unique
 
 

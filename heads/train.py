@@ -17,11 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from headstart.embedder.cache import library_versions, open_cache
+from headstart.embedder.cache import CacheLocation, library_versions, open_cache
 from headstart.embedder.defaults import CACHE_DIR, RUNS_DIR
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from headstart.embedder.fingerprint import describe, require_same
-from headstart.embedder.storage import location
 
 from .choose import choose_run, resolve_cache
 from .data import LabelledFeatures, check_trainable, conflict_warning, load_labelled, training_views
@@ -141,7 +140,7 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
             head_type=params.head_type,
             classes=list(data.classes),
             fingerprint=data.fingerprint,
-            cache=CacheRef(path=str(location(data.cache_path).resolve()), images_root=data.images_root,
+            cache=CacheRef(path=data.cache_location.resolved(), images_root=data.images_root,
                            content_digest=data.cache_attrs.get("content_digest"), rows=int(len(data.keys)),
                            files=int(data.num_files)),
             feature_dim=data.dim,
@@ -262,8 +261,8 @@ def evaluate_run(
             raise UsageError(f"run {run.path} is a {run.kind} run; `head eval` evaluates heads on cached features "
                              f"(use `headstart predict` on images)")
         recorded_cache = run.record.cache.path
-        if cache is None and recorded_cache and location(recorded_cache).is_file():
-            cache_path = location(recorded_cache)
+        if cache is None and recorded_cache and (recorded := CacheLocation.of(recorded_cache)).where.is_file():
+            cache_path = recorded
             log(f"using cache {cache_path} (the one the head was trained on)")
         else:
             cache_path = resolve_cache(cache, cache_dir, log, fingerprint=run.fingerprint)
@@ -272,7 +271,7 @@ def evaluate_run(
     spec = run.record.split_spec
     data = load_labelled(opened, spec.val_fraction, spec.seed)
     recorded_cache = run.record.cache.path
-    same_cache = bool(recorded_cache) and location(recorded_cache).resolve() == location(cache_path).resolve()
+    same_cache = bool(recorded_cache) and CacheLocation.of(recorded_cache).resolved() == cache_path.resolved()
     chosen = ("val" if same_cache else "all") if split == "auto" else split
     rows = data.rows() if chosen == "all" else data.rows(chosen)
     warnings = [conflict_warning(data.conflicts)] if data.conflicts else []
@@ -289,7 +288,7 @@ def evaluate_run(
         raise UsageError(f"no labelled images of the head's classes in the {chosen!r} split of {cache_path}; "
                          f"nothing to evaluate")
     proba = run.predict_proba(data.features[rows])
-    out = Path(out) if out is not None else run.path / "evals" / f"{timestamp()}-{location(cache_path).stem}-{chosen}"
+    out = Path(out) if out is not None else run.path / "evals" / f"{timestamp()}-{cache_path.stem}-{chosen}"
     metrics = write_evaluation(out, y, proba, run.classes, list(data.paths[rows]),
                                extra={"split": chosen, "run": str(run.path), "cache": str(cache_path)},
                                images_root=str(opened.images_root))

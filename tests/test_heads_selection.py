@@ -117,12 +117,12 @@ def test_default_cache_refuses_caches_of_two_backbones(tmp_path, run_cli, monkey
     newest = make_cache(tmp_path / "cache" / "again.h5", per_class=20, seed=1)
     os.utime(newest, (1e10, 1e10))
     messages = []
-    assert resolve_cache(None, "cache", messages.append) == Path("cache") / "again.h5"
+    assert resolve_cache(None, "cache", messages.append).where == Path("cache") / "again.h5"
     assert messages == [f"using cache {Path('cache') / 'again.h5'} (the newest under cache/: images "
                         f"{tmp_path / 'cache' / 'images'}, 60 rows, backbone [TestNet weights=none:seed=0 32px avg "
                         f"float32])"]
     # head eval of a run looks for a cache of the run's own backbone.
-    assert resolve_cache(None, "cache", fingerprint=FINGERPRINT) == Path("cache") / "again.h5"
+    assert resolve_cache(None, "cache", fingerprint=FINGERPRINT).where == Path("cache") / "again.h5"
     with pytest.raises(Exception, match="no cache under cache/ was made with the backbone"):
         resolve_cache(None, "cache", fingerprint=OTHER)
 

@@ -299,6 +299,17 @@ def test_reading_merging_and_training_on_caches_at_urls(tmp_path, ram, tiny_mode
     assert downloads == [whole] and np.array_equal(again.load_features(), features)
     assert staging.local_copy(whole).parent.name == staging.DOWNLOADS
 
+    # A location resolved once at the edge asks the store once, whatever reads it after.
+    from headstart.heads.choose import resolve_cache
+    from headstart.heads.data import load_labelled
+
+    stats.clear()
+    where = resolve_cache(whole)
+    data = load_labelled(where)
+    assert open_cache(data.cache_location).location is where and data.cache_path == location(whole)
+    assert np.array_equal(open_cache(where).load_features(), features)
+    assert stats == [whole]
+
     merged = f"{ram}/merged/all.h5"
     report = merge_caches(merged, shards)
     assert report.rows == 7 and report.out == merged and _names(f"{ram}/merged") == ["all.h5"]

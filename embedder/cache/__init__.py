@@ -18,12 +18,14 @@ Schema (DESIGN.md; ``format_version`` 1)::
 
 The package has one module per idea: :mod:`.schema` (names, attributes, file layout),
 :mod:`.reader` (:func:`open_cache`), :mod:`.writer` (:class:`CacheWriter`, crash-safe) and
-:mod:`.finite` (finding rows that hold NaN or inf). Import from the package itself; the
+:mod:`.finite` (finding rows that hold NaN or inf) and :mod:`.location` (where a cache is, local
+or at a URL, resolved once). Import from the package itself; the
 names below are its public surface.
 """
 
 from ..errors import CacheError, CacheLockedError
 from .finite import NonFinite, describe_nonfinite, find_nonfinite, nonfinite_mask, require_finite_rows
+from .location import CacheLocation
 from .reader import Cache, latest_cache, open_cache, open_h5
 from .schema import (
     FORMAT_VERSION, REQUIRED_DATASETS, STORAGE_DTYPES, content_digest, library_versions, lock_path_for,
@@ -32,7 +34,7 @@ from .schema import (
 from .writer import CacheWriter, Failure, FileRecord, FinishResult, write_cache
 
 __all__ = [
-    "FORMAT_VERSION", "REQUIRED_DATASETS", "STORAGE_DTYPES", "Cache", "CacheError", "CacheLockedError",
+    "FORMAT_VERSION", "REQUIRED_DATASETS", "STORAGE_DTYPES", "Cache", "CacheError", "CacheLocation", "CacheLockedError",
     "CacheWriter", "Failure", "FileRecord", "FinishResult", "NonFinite", "content_digest", "describe_nonfinite",
     "find_nonfinite", "latest_cache", "library_versions", "lock_path_for", "nonfinite_mask", "open_cache", "open_h5",
     "parts_dir_for", "require_finite_rows", "write_cache", "write_root_attrs", "write_tables",

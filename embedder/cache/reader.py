@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from ..storage import is_url, location
+from ..storage import location
+from .location import CacheLocation
 from .schema import COPY_ROWS, FORMAT_VERSION, PART_RE, REQUIRED_DATASETS, parts_dir_for
 
 
@@ -26,7 +27,8 @@ from .schema import COPY_ROWS, FORMAT_VERSION, PART_RE, REQUIRED_DATASETS, parts
 class Cache:
     """A finished cache: all metadata in memory, features read on demand (they can be big)."""
 
-    path: Path
+    path: Path  # or a UrlPath: where the cache is, as named
+    location: CacheLocation  # the same, resolved once; hand it on to anything that reopens the cache
     fingerprint: dict
     attrs: dict
     keys: np.ndarray  # [N] str
@@ -114,11 +116,8 @@ class Cache:
 
 
 @contextlib.contextmanager
-def open_h5(path: Path) -> Iterator[h5py.File]:
-    if is_url(path):  # a cache at a URL is read from a local copy of its current version
-        from ..staging import local_copy
-
-        path = local_copy(path)
+def open_h5(path: "Path | CacheLocation") -> Iterator[h5py.File]:
+    path = CacheLocation.of(path).local_file()  # a cache at a URL: a local copy of its current version
     try:
         h5 = h5py.File(path, "r")
     except FileNotFoundError:
@@ -140,20 +139,18 @@ def _str_array(dataset: h5py.Dataset) -> np.ndarray:
     return np.asarray(dataset.asstr()[...], dtype=object)
 
 
-def open_cache(path: str | os.PathLike) -> Cache:
+def open_cache(where: "CacheLocation | str | os.PathLike") -> Cache:
     """Read a finished cache's metadata; raise CacheError with what to do if it isn't one.
 
-    A cache at a URL is read from a local copy (:func:`embedder.staging.local_copy`); its
-    ``path`` stays the URL.
+    A cache at a URL is read from a local copy (:meth:`CacheLocation.local_file`); its
+    ``path`` stays the URL, and later reads use that copy without asking the URL again.
     """
-    if is_url(path):
-        from ..staging import local_copy
-
-        local = local_copy(path)
-        cache = open_cache(local)
-        cache.path, cache.source = location(path), local
+    where = CacheLocation.of(where)
+    if where.is_url:
+        cache = open_cache(where.local_file())
+        cache.path, cache.source, cache.location = where.where, cache.path, where
         return cache
-    path = Path(path)
+    path = where.where
     if not path.exists():
         parts = parts_dir_for(path)
         if parts.is_dir() and any(PART_RE.match(p.name) for p in parts.iterdir()):
@@ -185,6 +182,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
         failure_keys = h5["failures/keys"] if "failures/keys" in h5 else None
         cache = Cache(
             path=path,
+            location=where,
             fingerprint=fingerprint,
             attrs=attrs,
             keys=_str_array(h5["embeddings/keys"]),
