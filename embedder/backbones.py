@@ -134,6 +134,7 @@ class ResolvedBackbone:
     spec: BackboneSpec | None  # None for a user's model file
     image_size: int | None  # None only for a model file whose size is read at build time
     fingerprint: dict = field(default_factory=dict)
+    source: str = "keras.applications"  # the SOURCES entry that claimed config.backbone
 
     @property
     def short_name(self) -> str:
@@ -165,27 +166,20 @@ def resolve(config: BackboneConfig) -> ResolvedBackbone:
         raise UsageError(f"unknown pooling {config.pooling!r}; use one of {', '.join(POOLINGS)}")
     if config.image_size is not None and config.image_size < 1:
         raise UsageError(f"--image-size must be positive, got {config.image_size}")
-    if is_model_file(config.backbone):
-        return _resolve_model_file(config)
-    spec = get_spec(config.backbone)
-    size = config.image_size or spec.native_size
-    if size < spec.min_size:
-        raise UsageError(f"{spec.name} needs --image-size >= {spec.min_size}, got {size}")
-    if config.alpha is not None and not spec.has_alpha:
-        raise UsageError(f"--alpha applies to MobileNet families only, not {spec.name}")
+    source = source_for(config.backbone)
+    spec, size, identity = source.identify(config)
     fingerprint = {
-        "architecture": spec.name,
-        "weights": _weights_identity(config),
-        "input_size": size,
+        "architecture": identity.pop("architecture"),
+        "weights": identity.pop("weights"),
+        "input_size": identity.pop("input_size"),
         "pooling": config.pooling,
-        "preprocessing": spec.preprocessing,
+        "preprocessing": identity.pop("preprocessing"),
         "layer": config.layer or "",
         "compute_dtype": COMPUTE_DTYPES[resolve_precision(config.precision)],
         **_pixel_fields(config),
+        **identity,  # whatever else names the network for this source (alpha)
     }
-    if spec.has_alpha:
-        fingerprint["alpha"] = float(config.alpha if config.alpha is not None else 1.0)
-    return ResolvedBackbone(config, spec, size, fingerprint)
+    return ResolvedBackbone(config, spec, size, fingerprint, source=source.name)
 
 
 def _weights_identity(config: BackboneConfig) -> str:
@@ -200,27 +194,6 @@ def _weights_identity(config: BackboneConfig) -> str:
     return f"sha256:{file_sha256(path)}"
 
 
-def _resolve_model_file(config: BackboneConfig) -> ResolvedBackbone:
-    path = Path(config.backbone).expanduser()
-    if not path.is_file():
-        raise UsageError(f"backbone model file not found: {config.backbone}")
-    if config.weights not in ("imagenet", "none"):
-        raise UsageError("--weights does not apply to a model file: the file carries its own weights")
-    if config.alpha is not None:
-        raise UsageError("--alpha applies to MobileNet families only, not to a model file")
-    fingerprint = {
-        "architecture": "keras-model",
-        "weights": f"sha256:{file_sha256(path)}",
-        "input_size": config.image_size or 0,  # 0 until the file's own size is read
-        "pooling": config.pooling,
-        "preprocessing": "model",
-        "layer": config.layer or "",
-        "compute_dtype": COMPUTE_DTYPES[resolve_precision(config.precision)],
-        **_pixel_fields(config),
-    }
-    return ResolvedBackbone(config, None, config.image_size, fingerprint)
-
-
 def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = None,
                             weights_source: str | None = None) -> ResolvedBackbone:
     """Rebuild the config that produced ``fingerprint`` (for fine-tune, predict, export).
@@ -232,24 +205,8 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
     from .decode import recipe_for
     from .fingerprint import require_same
 
-    architecture = fingerprint.get("architecture", "")
-    weights_id = str(fingerprint.get("weights", ""))
-    seed = 0
-    if architecture == "keras-model":
-        backbone, weights = backbone_source or "", "imagenet"
-        if not backbone or not Path(backbone).is_file():
-            raise UsageError(f"the backbone model file {backbone or '(unknown)'} is gone; restore it to rebuild the backbone")
-    else:
-        backbone = architecture
-        if weights_id.startswith("imagenet"):
-            weights = "imagenet"
-        elif weights_id.startswith("none:seed="):
-            weights, seed = "none", int(weights_id.split("=", 1)[1])
-        else:
-            weights = weights_source or ""
-            if not weights or not Path(weights).is_file():
-                raise UsageError(
-                    f"the weights file {weights or '(unknown)'} ({weights_id[:19]}…) is gone; restore it to rebuild the backbone")
+    backbone, weights, seed = source_for_fingerprint(fingerprint).recreate(fingerprint, backbone_source,
+                                                                            weights_source)
     precision = {v: k for k, v in COMPUTE_DTYPES.items()}.get(fingerprint.get("compute_dtype", "float32"), "float32")
     config = BackboneConfig(
         backbone=backbone, weights=weights, seed=seed,
@@ -260,6 +217,136 @@ def config_from_fingerprint(fingerprint: dict, backbone_source: str | None = Non
     resolved = resolve(config)
     require_same(resolved.fingerprint, fingerprint, "the backbone rebuilt now", "the one recorded")
     return resolved
+
+
+# --------------------------------------------------------------------------------------
+# Backbone sources: where a --backbone value comes from
+
+
+class BackboneSource:
+    """Where a ``--backbone`` value comes from. Adding one is a subclass and a line in SOURCES.
+
+    * ``claims``: whether this source takes a ``--backbone`` value (the first source that
+      claims it wins, so specific sources come before the registry);
+    * ``owns``: whether a recorded fingerprint was made by this source;
+    * ``identify``: the registry spec (or None), the input size (None: read at build time)
+      and the fingerprint fields that name the network: architecture, weights, input_size,
+      preprocessing, plus any of its own (alpha);
+    * ``recreate``: the (backbone, weights, seed) that resolve to a recorded fingerprint
+      again, for ``finetune``, ``predict`` and ``export``;
+    * ``build``: the Keras network (pixels already preprocessed) and its input size.
+    """
+
+    name: str
+
+    def claims(self, backbone: str) -> bool:
+        raise NotImplementedError
+
+    def owns(self, fingerprint: dict) -> bool:
+        raise NotImplementedError
+
+    def identify(self, config: BackboneConfig) -> tuple[BackboneSpec | None, int | None, dict]:
+        raise NotImplementedError
+
+    def recreate(self, fingerprint: dict, backbone_source: str | None,
+                 weights_source: str | None) -> tuple[str, str, int]:
+        raise NotImplementedError
+
+    def build(self, keras, resolved: ResolvedBackbone):
+        raise NotImplementedError
+
+
+class ModelFileSource(BackboneSource):
+    """A user's own Keras model file (``.keras``/``.h5``): named by the hash of its bytes."""
+
+    name = "model-file"
+    architecture = "keras-model"
+
+    def claims(self, backbone: str) -> bool:
+        return is_model_file(backbone)
+
+    def owns(self, fingerprint: dict) -> bool:
+        return fingerprint.get("architecture") == self.architecture
+
+    def identify(self, config: BackboneConfig) -> tuple[BackboneSpec | None, int | None, dict]:
+        path = Path(config.backbone).expanduser()
+        if not path.is_file():
+            raise UsageError(f"backbone model file not found: {config.backbone}")
+        if config.weights not in ("imagenet", "none"):
+            raise UsageError("--weights does not apply to a model file: the file carries its own weights")
+        if config.alpha is not None:
+            raise UsageError("--alpha applies to MobileNet families only, not to a model file")
+        return None, config.image_size, {
+            "architecture": self.architecture,
+            "weights": f"sha256:{file_sha256(path)}",
+            "input_size": config.image_size or 0,  # 0 until the file's own size is read
+            "preprocessing": "model",
+        }
+
+    def recreate(self, fingerprint: dict, backbone_source: str | None,
+                 weights_source: str | None) -> tuple[str, str, int]:
+        backbone = backbone_source or ""
+        if not backbone or not Path(backbone).is_file():
+            raise UsageError(f"the backbone model file {backbone or '(unknown)'} is gone; restore it to rebuild the backbone")
+        return backbone, "imagenet", 0
+
+    def build(self, keras, resolved: ResolvedBackbone):
+        return _load_model_file(keras, resolved)
+
+
+class KerasApplicationsSource(BackboneSource):
+    """A registered ``keras.applications`` family member (the REGISTRY above)."""
+
+    name = "keras.applications"
+
+    def claims(self, backbone: str) -> bool:
+        return True  # the last resort: get_spec names the closest registered backbone
+
+    def owns(self, fingerprint: dict) -> bool:
+        return True
+
+    def identify(self, config: BackboneConfig) -> tuple[BackboneSpec | None, int | None, dict]:
+        spec = get_spec(config.backbone)
+        size = config.image_size or spec.native_size
+        if size < spec.min_size:
+            raise UsageError(f"{spec.name} needs --image-size >= {spec.min_size}, got {size}")
+        if config.alpha is not None and not spec.has_alpha:
+            raise UsageError(f"--alpha applies to MobileNet families only, not {spec.name}")
+        identity = {"architecture": spec.name, "weights": _weights_identity(config), "input_size": size,
+                    "preprocessing": spec.preprocessing}
+        if spec.has_alpha:
+            identity["alpha"] = float(config.alpha if config.alpha is not None else 1.0)
+        return spec, size, identity
+
+    def recreate(self, fingerprint: dict, backbone_source: str | None,
+                 weights_source: str | None) -> tuple[str, str, int]:
+        weights_id = str(fingerprint.get("weights", ""))
+        if weights_id.startswith("imagenet"):
+            return fingerprint.get("architecture", ""), "imagenet", 0
+        if weights_id.startswith("none:seed="):
+            return fingerprint.get("architecture", ""), "none", int(weights_id.split("=", 1)[1])
+        weights = weights_source or ""
+        if not weights or not Path(weights).is_file():
+            raise UsageError(
+                f"the weights file {weights or '(unknown)'} ({weights_id[:19]}…) is gone; restore it to rebuild the backbone")
+        return fingerprint.get("architecture", ""), weights, 0
+
+    def build(self, keras, resolved: ResolvedBackbone):
+        return _build_application(keras, resolved), resolved.image_size
+
+
+SOURCES: dict[str, BackboneSource] = {source.name: source for source in (
+    ModelFileSource(), KerasApplicationsSource())}
+
+
+def source_for(backbone: str) -> BackboneSource:
+    """The first source that claims a ``--backbone`` value."""
+    return next(source for source in SOURCES.values() if source.claims(backbone))
+
+
+def source_for_fingerprint(fingerprint: dict) -> BackboneSource:
+    """The source that made a recorded fingerprint."""
+    return next(source for source in SOURCES.values() if source.owns(fingerprint))
 
 
 # --------------------------------------------------------------------------------------
@@ -286,13 +373,8 @@ def build_backbone(resolved: ResolvedBackbone, keras=None):
     if mixed:  # every layer built below computes in float16, keeps float32 weights
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        if resolved.spec is None:
-            base, size = _load_model_file(keras, resolved)
-            preprocessing = "model"
-        else:
-            base = _build_application(keras, resolved)
-            size = resolved.image_size
-            preprocessing = resolved.spec.preprocessing
+        base, size = SOURCES[resolved.source].build(keras, resolved)
+        preprocessing = resolved.fingerprint["preprocessing"]
         base = _select_layer(keras, base, resolved.config.layer)
         base.trainable = False
 

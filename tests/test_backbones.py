@@ -109,3 +109,42 @@ def test_config_is_rebuilt_from_fingerprint_and_sources(tmp_path):
     weights.write_bytes(b"other bytes now")  # same path, other content: refused, naming both
     with pytest.raises(CacheError, match="fingerprint mismatch"):
         config_from_fingerprint(from_file, weights_source=str(weights))
+
+
+def test_a_backbone_source_is_one_class_and_one_table_line(monkeypatch):
+    """docs/architecture.md's recipe: a source registered in SOURCES claims its --backbone
+    values, names its network in the fingerprint, is rebuilt from that fingerprint (finetune,
+    predict, export), and builds the network; the other sources are untouched."""
+    from headstart.embedder import backbones
+
+    class ZooSource(backbones.BackboneSource):
+        name = "zoo"
+
+        def claims(self, backbone):
+            return backbone.startswith("zoo:")
+
+        def owns(self, fingerprint):
+            return str(fingerprint.get("architecture", "")).startswith("zoo:")
+
+        def identify(self, config):
+            return None, 32, {"architecture": config.backbone, "weights": f"none:seed={config.seed}",
+                              "input_size": 32, "preprocessing": "none"}
+
+        def recreate(self, fingerprint, backbone_source, weights_source):
+            return fingerprint["architecture"], "none", int(fingerprint["weights"].split("=")[1])
+
+        def build(self, keras, resolved):
+            keras.utils.set_random_seed(resolved.config.seed)
+            inputs = keras.Input((32, 32, 3))
+            return keras.Model(inputs, keras.layers.Conv2D(5, 3)(inputs)), 32
+
+    monkeypatch.setattr(backbones, "SOURCES", {"zoo": ZooSource(), **backbones.SOURCES})
+    resolved = resolve(BackboneConfig(backbone="zoo:tiny", weights="none", seed=4))
+    assert resolved.source == "zoo" and resolved.fingerprint["architecture"] == "zoo:tiny"
+    again = backbones.config_from_fingerprint(resolved.fingerprint)
+    assert again.fingerprint == resolved.fingerprint and again.config.seed == 4
+    model = build_backbone(resolved)
+    assert tuple(model.outputs[0].shape) == (None, 5)
+    assert resolve(BackboneConfig(backbone="MobileNetV2", weights="none")).source == "keras.applications"
+    with pytest.raises(Exception, match="unknown backbone"):
+        resolve(BackboneConfig(backbone="zo:tiny"))
