@@ -16,7 +16,9 @@ Each command runs in its own process through the CLI (``headstart inspect ... --
 its wall time includes opening the cache and its peak RSS is its own.
 
     python benchmarks/inspect_scale.py [--rows 100000] [--dim 1280] [--commands duplicates,labels,outliers,map]
-    python benchmarks/inspect_scale.py --threshold-study     # the default --threshold, on real photos
+
+Where near-copies end and distinct photos begin on real photos (the default threshold) is
+benchmarks/duplicate_threshold.py's study.
 """
 
 from __future__ import annotations
@@ -112,78 +114,6 @@ def make_cache(path: Path, rows: int, dim: int, near: int, exact: int, flips: in
     }
 
 
-VARIANTS = ("jpeg_q40", "bright120", "flip", "crop90", "half_size", "crop75")
-
-
-def threshold_study(work: Path) -> dict:
-    """Where distinct photos end and near-copies begin, with a real backbone on real photos.
-
-    Embeds the hymenoptera photos (``../shared/assets``) and edited copies of each with
-    MobileNetV2 1.0 (ImageNet weights from the assets), then reports the cosine of each copy
-    to its original and of each original to its nearest *other* original.
-    """
-    import numpy as np
-    from PIL import Image, ImageEnhance
-
-    from common import ASSETS, WEIGHTS_MOBILENET_V2
-    from headstart.embedder.backbones import BackboneConfig
-    from headstart.embedder.cache import open_cache
-    from headstart.embedder.job import EmbedOptions, run_embedding
-
-    source = ASSETS / "data" / "hymenoptera"
-    if not (source.is_dir() and WEIGHTS_MOBILENET_V2.is_file()):
-        return {"skipped": f"real assets not found under {ASSETS}"}
-    root = work / "study_images"
-    for photo in sorted(source.rglob("*.jpg")):
-        name = f"{photo.parent.parent.name}_{photo.parent.name}_{photo.stem}.jpg"
-        image = Image.open(photo).convert("RGB")
-        w, h = image.size
-        edits = {
-            "orig": None,
-            "jpeg_q40": (image, 40),
-            "bright120": (ImageEnhance.Brightness(image).enhance(1.2), 90),
-            "flip": (image.transpose(Image.FLIP_LEFT_RIGHT), 90),
-            "crop90": (image.crop((int(w * .05), int(h * .05), w - int(w * .05), h - int(h * .05))), 90),
-            "half_size": (image.resize((max(1, w // 2), max(1, h // 2)), Image.BILINEAR), 90),
-            "crop75": (image.crop((int(w * .125), int(h * .125), w - int(w * .125), h - int(h * .125))), 90),
-        }
-        for variant, edit in edits.items():
-            target = root / variant / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if edit is None:
-                target.write_bytes(photo.read_bytes())
-            else:
-                edit[0].save(target, "JPEG", quality=edit[1])
-    cache_path = work / "study.h5"
-    run_embedding(root, BackboneConfig(backbone="MobileNetV2", weights=str(WEIGHTS_MOBILENET_V2)),
-                  EmbedOptions(cache=cache_path, progress=False))
-    cache = open_cache(cache_path)
-    x = cache.load_features()[cache.rows]
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    variant = np.asarray([str(p).split("/")[0] for p in cache.paths])
-    name = np.asarray([str(p).split("/")[1] for p in cache.paths])
-    orig = variant == "orig"
-    index = {n: i for i, n in enumerate(name[orig])}
-    originals = x[orig]
-    sims = originals @ originals.T
-    np.fill_diagonal(sims, -1.0)
-    nearest = sims.max(axis=1)
-    thresholds = (0.85, 0.88, 0.9, 0.92, 0.95)
-    out = {
-        "photos": int(orig.sum()),
-        "distinct_nearest_neighbour": {"median": float(np.median(nearest)), "p99": float(np.quantile(nearest, .99)),
-                                       "max": float(nearest.max())},
-        "distinct_pairs_at_or_above": {str(t): int(np.sum(np.triu(sims >= t, 1))) for t in thresholds},
-        "copies": {},
-    }
-    for v in VARIANTS:
-        mask = variant == v
-        cos = np.einsum("ij,ij->i", x[mask], originals[[index[n] for n in name[mask]]])
-        out["copies"][v] = {"median": float(np.median(cos)), "p05": float(np.quantile(cos, .05)),
-                            "found_at": {str(t): float(np.mean(cos >= t)) for t in thresholds}}
-    return out
-
-
 def child(command: str, cache: str, out_dir: str, extra: list[str]) -> None:
     from headstart import cli
 
@@ -219,16 +149,8 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--commands", default="duplicates,labels,outliers,map")
     parser.add_argument("--workdir", default=None, help="Keep the cache and reports here (default: a temp folder).")
-    parser.add_argument("--threshold-study", action="store_true",
-                        help="Instead: measure copies vs distinct photos with a real backbone (the default threshold).")
     args = parser.parse_args()
     import csv
-
-    if args.threshold_study:
-        with tempfile.TemporaryDirectory(prefix="inspect-threshold-") as tmp:
-            print(json.dumps({"machine": machine(), "threshold_study": threshold_study(Path(args.workdir or tmp))},
-                             indent=2))
-        return
 
     with tempfile.TemporaryDirectory(prefix="inspect-scale-") as tmp:
         work = Path(args.workdir or tmp)

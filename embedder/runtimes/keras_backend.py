@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BackboneError, CacheError, HeadstartError, UsageError
+from ..errors import BackboneError, CacheError, UsageError
 from .base import Forward, Network, Runtime, RuntimeOptions
 from .worker import receive, send
 
