@@ -814,6 +814,58 @@ def export(
                    f"{info['input']['resize']}; {len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
 
 
+# ----------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_images(
+    run: Annotated[Path, typer.Argument(help="A head or fine-tuned run folder.")],
+    images: Annotated[str, typer.Argument(help="Labelled images of exactly the run's classes: class folders, "
+                                               "train/val/test folders, or (with --manifest) the folder its paths "
+                                               "are relative to.")],
+    manifest: Annotated[Optional[str], Opt("--manifest", help="CSV of path,label[,split] (paths relative to "
+                                                                    "IMAGES) instead of folders.")] = None,
+    split: Annotated[str, Opt("--split", choices=("all", "train", "val", "test"),
+                              help="Only the images the layout or manifest files under this split.")] = "all",
+    out: Out("Where to write metrics and plots.", "RUN/evals/<timestamp>-<folder>[-<split>]/") = None,
+    cache: Annotated[List[str], Opt("--cache", help="Head runs: look features up in this cache first "
+                                    "(repeatable); it must be of the run's backbone.")] = [],  # noqa: B006
+    no_cache: Annotated[bool, Opt("--no-cache", help="Push every image through the backbone.")] = False,
+    cache_dir: Annotated[str, Opt("--cache-dir", help="Caches searched for the images' features (head "
+                                                      "runs), besides the run's own.")] = defaults.CACHE_DIR,
+    runtime: Annotated[str, Opt("--runtime", choices=("auto", "tf", "litert"),
+                                help="As for `embed run`.")] = defaults.RUNTIME,
+    batch_size: Annotated[int, Opt("--batch-size", help="Images per batch.")] = defaults.PREDICT_BATCH_SIZE,
+    workers: Annotated[Optional[int], Opt("--workers", help="Decoding threads.",
+                                          default_text="the number of cores")] = None,
+    devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1, as for `embed "
+                                                                  "run`.")] = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Evaluate any run, head or fine-tuned, on labelled images: metrics, confusion.png, the mistakes as pictures.
+
+    Images go through the run's own pixel rule and backbone (features of images already in a cache of its backbone
+    are read from there). One example per distinct image, as `head eval` counts. Exit 2 when the images' classes
+    are not the run's; exit 1 when files were skipped, images are filed under two classes, or some were in the
+    run's training split.
+    """
+    from headstart.embedder.devices import parse_devices
+    from headstart.heads.evaluate_images import EvalImagesOptions, evaluate_images
+    from headstart.heads.runs import load_run
+    from headstart.heads.summaries import eval_images as summary
+
+    options = EvalImagesOptions(manifest=manifest, split=split, out=out, caches=cache, cache_dir=Path(cache_dir),
+                                use_cache=not no_cache, runtime=runtime, batch_size=batch_size, workers=workers,
+                                devices=parse_devices(devices), progress=not quiet and not as_json)
+    report = evaluate_images(load_run(run), images, options, log=_log(quiet, as_json))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _show(summary(report), quiet)
+    raise typer.Exit(report.exit_code)
+
+
 # --------------------------------------------------------------------------- report
 
 
