@@ -430,8 +430,6 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
 
 
 def _finetune_in(run_dir: Path, state: dict, run, options: FinetuneOptions, log) -> FinetuneReport:
-    from tqdm import tqdm
-
     from headstart.embedder.backbones import build_backbone
     from headstart.embedder.tf_runtime import import_keras
 
@@ -512,9 +510,9 @@ def _finetune_in(run_dir: Path, state: dict, run, options: FinetuneOptions, log)
     report.start_metrics = dict(state.get("start") or {})
 
     def bar_factory(epoch):
-        if not options.progress:
-            return None
-        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{opts['epochs']}", unit="batch", leave=False, dynamic_ncols=True)
+        from headstart.embedder.progress import progress_bar
+
+        return progress_bar(steps, f"epoch {epoch + 1}/{opts['epochs']}", options.progress, unit="batch")
 
     finished = state.get("stopped_early") or state["epochs_done"] >= opts["epochs"]
     if not finished:
