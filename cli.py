@@ -162,6 +162,10 @@ Quiet = Annotated[bool, Opt("--quiet", "-q", help="No progress bars; print only 
 Json = Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")]
 Seed = Annotated[int, Opt("--seed", help="Seed of the split (as for `head train`) and of "
                                                               "the draws.")]
+TensorBoard = Annotated[Optional[Path], Opt("--tensorboard", help="Also write TensorBoard logs, loss and accuracy per "
+                                            "epoch (train and validation), into DIR/<run folder name>/; view them "
+                                            "with `tensorboard --logdir DIR` (pip install tensorboard).",
+                                            default_text="none")]
 
 
 def Out(help: str, default_text: str | None = None, short: bool = True):  # noqa: N802 - a type maker
@@ -392,6 +396,7 @@ def head_train(
     out: Out("The run folder.", "<runs-dir>/<timestamp>-<head>", short=False) = None,
     runs_dir: RunsDir = Path(defaults.RUNS_DIR),
     cache_dir: CacheDir = defaults.CACHE_DIR,
+    tensorboard: TensorBoard = None,
     quiet: Quiet = False,
     as_json: Json = False,
     **kind_options,
@@ -407,7 +412,7 @@ def head_train(
     params = make_params(head, standardize=standardize, val_fraction=val_fraction, seed=seed,
                          views=views_option(views, max_views), **_given(kind_options))
     report = train_head(params, cache=cache, out=out, runs_dir=runs_dir, cache_dir=cache_dir,
-                        log=_log(quiet, as_json), progress=not quiet and not as_json)
+                        log=_log(quiet, as_json), progress=not quiet and not as_json, tensorboard=tensorboard)
     if as_json:
         _emit_json(report.to_dict())
     else:
@@ -692,6 +697,7 @@ def finetune(
                                                         "the newest unfinished one).")] = False,
     devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1: train on several GPUs "
                                           "with MirroredStrategy; --batch-size is per device.")] = None,
+    tensorboard: TensorBoard = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -703,7 +709,7 @@ def finetune(
     options = FinetuneOptions(from_run=from_run, runs_dir=runs_dir, unfreeze=unfreeze, epochs=epochs, lr=lr,
                               batch_size=batch_size, augment=augment, images=images, cache=cache, out=out, seed=seed,
                               patience=patience, resume=resume, devices=parse_devices(devices),
-                              progress=not quiet and not as_json)
+                              tensorboard=tensorboard, progress=not quiet and not as_json)
     report = run_finetune(options, log=_log(quiet, as_json))
     if as_json:
         _emit_json(report.to_dict())

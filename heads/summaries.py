@@ -52,7 +52,15 @@ def head_train(report) -> Summary:
     if (run / "report.html").is_file():
         s.out.append(f"report: {run / 'report.html'}" + (f"; mistakes: {run / 'misclassified.png'}"
                                                          if (run / "misclassified.png").is_file() else ""))
+    s.out.extend(_tensorboard(report))
     return s
+
+
+def _tensorboard(report) -> list[str]:
+    if not getattr(report, "tensorboard", None):
+        return []
+    logs = Path(report.tensorboard)
+    return [f"tensorboard: {logs}/ (view: tensorboard --logdir {logs.parent})"]
 
 
 def head_eval(report) -> Summary:
@@ -139,6 +147,7 @@ def finetune(report) -> Summary:
     run = Path(report.run_dir)
     if (run / "report.html").is_file():
         s.out.append(f"report: {run / 'report.html'}")
+    s.out.extend(_tensorboard(report))
     return s
 
 
