@@ -30,6 +30,7 @@ WORKFLOW = {
     "predict": "Class probabilities for new images, from any run.",
     "export": "One self-contained model (Keras, SavedModel, TFLite).",
     "eval": "Evaluate a run on labelled images.",
+    "cache": "List caches and converted backbones; clean what nothing uses.",
     "inspect": "Data quality: duplicates, leakage, label errors, outliers.",
     "report": "A run's report.html: metrics, plots, mistakes as pictures.",
 }
@@ -98,6 +99,8 @@ app.add_typer(head_app, name="head")
 inspect_app = _typer("Data quality from a cache: duplicates and split leakage, label errors, outliers, a 2-D map, "
                      "class samples.")
 app.add_typer(inspect_app, name="inspect")
+cache_app = _typer("What headstart keeps on disk: caches and converted backbones; clean what nothing uses.")
+app.add_typer(cache_app, name="cache")
 
 EXIT_INTERNAL = 3
 _state = {"debug": False}
@@ -870,6 +873,57 @@ def eval_images(
     else:
         _show(summary(report), quiet)
     raise typer.Exit(report.exit_code)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@cache_app.command("list")
+def cache_list(
+    cache_dir: Annotated[str, Opt("--cache-dir", help="The cache folder.")] = defaults.CACHE_DIR,
+    as_json: Json = False,
+) -> None:
+    """The caches (images, backbone, rows, size, last used) and the converted backbones kept in $HEADSTART_HOME.
+
+    Exit 1 when a *.h5 file in the cache folder is not a readable cache.
+    """
+    from headstart.embedder.errors import EXIT_ATTENTION
+    from headstart.embedder.housekeeping import survey
+    from headstart.embedder.summaries import cache_list as summary
+
+    found = survey(cache_dir)
+    if as_json:
+        _emit_json(found.to_dict())
+    else:
+        _show(summary(found))
+    raise typer.Exit(EXIT_ATTENTION if found.unreadable else EXIT_OK)
+
+
+@cache_app.command("clean")
+def cache_clean(
+    cache_dir: Annotated[str, Opt("--cache-dir", help="The cache folder.")] = defaults.CACHE_DIR,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Say what would be removed, and how much space, and "
+                                                   "remove nothing.")] = False,
+    unused_days: Annotated[float, Opt("--unused-days", help="Age past which an orphaned converted backbone or an "
+                                                            "interrupted run's parts may go.")]
+    = defaults.CLEAN_UNUSED_DAYS,
+    as_json: Json = False,
+) -> None:
+    """Remove orphaned converted backbones, stale part folders and lock files, and old cache/litert/ flatbuffers.
+
+    Never a finished cache, nor anything of a cache a writer is filling. A converted backbone goes when no cache in
+    the cache folder was made with its network and it was not loaded for --unused-days; an interrupted run's parts
+    (<cache>.parts/) go when untouched that long (until then, rerunning its command resumes it); a lock file goes
+    when no process holds it; cache/litert/ (kept by earlier versions) always goes.
+    """
+    from headstart.embedder.housekeeping import clean
+    from headstart.embedder.summaries import cache_clean as summary
+
+    report = clean(cache_dir, unused_days, dry_run=dry_run)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _show(summary(report))
 
 
 # --------------------------------------------------------------------------- report
