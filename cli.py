@@ -31,6 +31,7 @@ WORKFLOW = {
     "predict": "Class probabilities for new images, from any run.",
     "export": "One self-contained model (Keras, SavedModel, TFLite).",
     "eval": "Evaluate a run on labelled images.",
+    "cache": "List caches and converted backbones; clean what nothing uses.",
     "inspect": "Data quality: duplicates, leakage, label errors, outliers.",
     "report": "A run's report.html: metrics, plots, mistakes as pictures.",
 }
@@ -99,6 +100,8 @@ app.add_typer(head_app, name="head")
 inspect_app = _typer("Data quality from a cache: duplicates and split leakage, label errors, outliers, a 2-D map, "
                      "class samples.")
 app.add_typer(inspect_app, name="inspect")
+cache_app = _typer("What headstart keeps on disk: caches and converted backbones; clean what nothing uses.")
+app.add_typer(cache_app, name="cache")
 
 EXIT_INTERNAL = 3
 _state = {"debug": False}
@@ -163,6 +166,10 @@ Quiet = Annotated[bool, Opt("--quiet", "-q", help="No progress bars; print only 
 Json = Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")]
 Seed = Annotated[int, Opt("--seed", help="Seed of the split (as for `head train`) and of "
                                                               "the draws.")]
+TensorBoard = Annotated[Optional[Path], Opt("--tensorboard", help="Also write TensorBoard logs, loss and accuracy per "
+                                            "epoch (train and validation), into DIR/<run folder name>/; view them "
+                                            "with `tensorboard --logdir DIR` (pip install tensorboard).",
+                                            default_text="none")]
 
 
 def Out(help: str, default_text: str | None = None, short: bool = True):  # noqa: N802 - a type maker
@@ -399,6 +406,7 @@ def head_train(
     out: Out("The run folder.", "<runs-dir>/<timestamp>-<head>", short=False) = None,
     runs_dir: RunsDir = Path(defaults.RUNS_DIR),
     cache_dir: CacheDir = defaults.CACHE_DIR,
+    tensorboard: TensorBoard = None,
     quiet: Quiet = False,
     as_json: Json = False,
     **kind_options,
@@ -414,7 +422,7 @@ def head_train(
     params = make_params(head, standardize=standardize, val_fraction=val_fraction, seed=seed,
                          views=views_option(views, max_views), **_given(kind_options))
     report = train_head(params, cache=cache, out=out, runs_dir=runs_dir, cache_dir=cache_dir,
-                        log=_log(quiet, as_json), progress=not quiet and not as_json)
+                        log=_log(quiet, as_json), progress=not quiet and not as_json, tensorboard=tensorboard)
     if as_json:
         _emit_json(report.to_dict())
     else:
@@ -699,6 +707,7 @@ def finetune(
                                                         "the newest unfinished one).")] = False,
     devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1: train on several GPUs "
                                           "with MirroredStrategy; --batch-size is per device.")] = None,
+    tensorboard: TensorBoard = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -710,7 +719,7 @@ def finetune(
     options = FinetuneOptions(from_run=from_run, runs_dir=runs_dir, unfreeze=unfreeze, epochs=epochs, lr=lr,
                               batch_size=batch_size, augment=augment, images=images, cache=cache, out=out, seed=seed,
                               patience=patience, resume=resume, devices=parse_devices(devices),
-                              progress=not quiet and not as_json)
+                              tensorboard=tensorboard, progress=not quiet and not as_json)
     report = run_finetune(options, log=_log(quiet, as_json))
     if as_json:
         _emit_json(report.to_dict())
@@ -820,6 +829,109 @@ def export(
     else:
         typer.echo(f"exported {info['artifact']} ({fmt}; input {info['input']['shape']} RGB 0-255, "
                    f"{info['input']['resize']}; {len(info['classes'])} classes in {Path(out) / 'labels.txt'})")
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_images(
+    run: Annotated[Path, typer.Argument(help="A head or fine-tuned run folder.")],
+    images: Annotated[str, typer.Argument(help="Labelled images of exactly the run's classes: class folders, "
+                                               "train/val/test folders, or (with --manifest) the folder its paths "
+                                               "are relative to.")],
+    manifest: Annotated[Optional[str], Opt("--manifest", help="CSV of path,label[,split] (paths relative to "
+                                                                    "IMAGES) instead of folders.")] = None,
+    split: Annotated[str, Opt("--split", choices=("all", "train", "val", "test"),
+                              help="Only the images the layout or manifest files under this split.")] = "all",
+    out: Out("Where to write metrics and plots.", "RUN/evals/<timestamp>-<folder>[-<split>]/") = None,
+    cache: Annotated[List[str], Opt("--cache", help="Head runs: look features up in this cache first "
+                                    "(repeatable); it must be of the run's backbone.")] = [],  # noqa: B006
+    no_cache: Annotated[bool, Opt("--no-cache", help="Push every image through the backbone.")] = False,
+    cache_dir: Annotated[str, Opt("--cache-dir", help="Caches searched for the images' features (head "
+                                                      "runs), besides the run's own.")] = defaults.CACHE_DIR,
+    runtime: Annotated[str, Opt("--runtime", choices=("auto", "tf", "litert"),
+                                help="As for `embed run`.")] = defaults.RUNTIME,
+    batch_size: Annotated[int, Opt("--batch-size", help="Images per batch.")] = defaults.PREDICT_BATCH_SIZE,
+    workers: Annotated[Optional[int], Opt("--workers", help="Decoding threads.",
+                                          default_text="the number of cores")] = None,
+    devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1, as for `embed "
+                                                                  "run`.")] = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Evaluate any run, head or fine-tuned, on labelled images: metrics, confusion.png, the mistakes as pictures.
+
+    Images go through the run's own pixel rule and backbone (features of images already in a cache of its backbone
+    are read from there). One example per distinct image, as `head eval` counts. Exit 2 when the images' classes
+    are not the run's; exit 1 when files were skipped, images are filed under two classes, or some were in the
+    run's training split.
+    """
+    from headstart.embedder.devices import parse_devices
+    from headstart.heads.evaluate_images import EvalImagesOptions, evaluate_images
+    from headstart.heads.runs import load_run
+    from headstart.heads.summaries import eval_images as summary
+
+    options = EvalImagesOptions(manifest=manifest, split=split, out=out, caches=cache, cache_dir=Path(cache_dir),
+                                use_cache=not no_cache, runtime=runtime, batch_size=batch_size, workers=workers,
+                                devices=parse_devices(devices), progress=not quiet and not as_json)
+    report = evaluate_images(load_run(run), images, options, log=_log(quiet, as_json))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _show(summary(report), quiet)
+    raise typer.Exit(report.exit_code)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@cache_app.command("list")
+def cache_list(
+    cache_dir: Annotated[str, Opt("--cache-dir", help="The cache folder.")] = defaults.CACHE_DIR,
+    as_json: Json = False,
+) -> None:
+    """The caches (images, backbone, rows, size, last used) and the converted backbones kept in $HEADSTART_HOME.
+
+    Exit 1 when a *.h5 file in the cache folder is not a readable cache.
+    """
+    from headstart.embedder.errors import EXIT_ATTENTION
+    from headstart.embedder.housekeeping import survey
+    from headstart.embedder.summaries import cache_list as summary
+
+    found = survey(cache_dir)
+    if as_json:
+        _emit_json(found.to_dict())
+    else:
+        _show(summary(found))
+    raise typer.Exit(EXIT_ATTENTION if found.unreadable else EXIT_OK)
+
+
+@cache_app.command("clean")
+def cache_clean(
+    cache_dir: Annotated[str, Opt("--cache-dir", help="The cache folder.")] = defaults.CACHE_DIR,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Say what would be removed, and how much space, and "
+                                                   "remove nothing.")] = False,
+    unused_days: Annotated[float, Opt("--unused-days", help="Age past which an orphaned converted backbone or an "
+                                                            "interrupted run's parts may go.")]
+    = defaults.CLEAN_UNUSED_DAYS,
+    as_json: Json = False,
+) -> None:
+    """Remove orphaned converted backbones, stale part folders and lock files, and old cache/litert/ flatbuffers.
+
+    Never a finished cache, nor anything of a cache a writer is filling. A converted backbone goes when no cache in
+    the cache folder was made with its network and it was not loaded for --unused-days; an interrupted run's parts
+    (<cache>.parts/) go when untouched that long (until then, rerunning its command resumes it); a lock file goes
+    when no process holds it; cache/litert/ (kept by earlier versions) always goes.
+    """
+    from headstart.embedder.housekeeping import clean
+    from headstart.embedder.summaries import cache_clean as summary
+
+    report = clean(cache_dir, unused_days, dry_run=dry_run)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        _show(summary(report))
 
 
 # --------------------------------------------------------------------------- report

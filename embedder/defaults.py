@@ -37,3 +37,6 @@ FINETUNE_EPOCHS = 10
 FINETUNE_LR = 1e-5
 FINETUNE_BATCH_SIZE = 16
 FINETUNE_PATIENCE = 3
+
+# cache clean: a converted backbone no cache uses, or an interrupted run's parts, untouched this long, may go.
+CLEAN_UNUSED_DAYS = 7

@@ -346,7 +346,7 @@ def _embed_new(writer: CacheWriter, job: _JobEngine, root: Path, todo: dict[str,
     key, so later runs do not try again; failures of the moment (the file changed or vanished
     since it was hashed) go to ``transient``: reported now, retried next time.
     """
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     engine = job.get()
     resolved, options, report, log = job.resolved, job.options, job.report, job.log
@@ -356,8 +356,9 @@ def _embed_new(writer: CacheWriter, job: _JobEngine, root: Path, todo: dict[str,
     checked = False
     first_done = first_count = 0
     loop_started = time.perf_counter()
-    with tqdm(total=len(keys), desc="embedding", unit="img", disable=not options.progress,
-              dynamic_ncols=True, mininterval=0.5) as bar:
+    resumed = writer.in_parts[0]
+    with progress_bar(resumed + len(keys), "embedding", options.progress, unit="img", initial=resumed,
+                      mininterval=0.5) as bar:
         for batch in engine.embed(sources, group_first_batch=True):
             if not checked:
                 _refuse_mostly_non_finite(batch, describe(resolved.fingerprint))
@@ -389,9 +390,8 @@ def _embed_views(writer: CacheWriter, job: _JobEngine, root: Path, kept: list[Fi
     Views are sticky: once a cache holds K views, later runs make them for new images too
     (with the cache's own seed), so every row that still has a file ends up with all K.
     """
-    from tqdm import tqdm
-
     from .augment import DEFAULT_AUGMENTATION, view_seeds
+    from .progress import progress_bar
 
     options, report, log = job.options, job.report, job.log
     existing = writer.existing_views
@@ -413,8 +413,9 @@ def _embed_views(writer: CacheWriter, job: _JobEngine, root: Path, kept: list[Fi
     sources = [Source(str(root / path_of[key]), key=key) for key, _ in todo]
     seeds = view_seeds([k for k, _ in todo], [v for _, v in todo], record["seed"])
     started = time.perf_counter()
-    with tqdm(total=len(todo), desc="views", unit="view", disable=not options.progress,
-              dynamic_ncols=True, mininterval=0.5) as bar:
+    resumed = writer.in_parts[1]
+    with progress_bar(resumed + len(todo), "views", options.progress, unit="view", initial=resumed,
+                      mininterval=0.5) as bar:
         for batch in engine.embed(sources, seeds=seeds):
             chosen = [todo[i] for i in batch.indices]
             writer.add_view_part([k for k, _ in chosen], [v for _, v in chosen], batch.features)

@@ -111,3 +111,45 @@ def backbones_table(rows: list[dict]) -> Summary:
                  f"{'yes' if r['alpha'] else ''}" for r in rows)
     s.out.append("\nAlso: any .keras model file (--backbone PATH), fed RGB pixels in [0, 255].")
     return s
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def cache_list(survey) -> Summary:
+    """`cache list`'s report (:class:`embedder.housekeeping.Survey`)."""
+    s = Summary()
+    caches, converted = survey.caches, survey.converted
+    s.out.append(f"caches in {survey.cache_dir}/: {plural(len(caches), 'cache')}, "
+                 f"{_mb(sum(c.size_bytes for c in caches))}")
+    for c in caches:
+        state = "; being written now" if c.in_use else ("; an interrupted run left parts" if c.pending_parts else "")
+        s.out.append(f"  {c.path}  {_mb(c.size_bytes)}, {c.rows:,} rows, last used {c.last_used}{state}")
+        s.out.append(f"      images {c.images_root}; backbone [{c.backbone}]")
+    s.out.append(f"converted backbones in {survey.converted_dir}/: {plural(len(converted), 'file')}, "
+                 f"{_mb(sum(c.size_bytes for c in converted))}")
+    for c in converted:
+        used = f"for {plural(len(c.caches), 'cache')}" if c.caches else "for no cache here"
+        s.out.append(f"  {c.path}  {_mb(c.size_bytes)}, {used}, last used {c.last_used}")
+        if c.describes:
+            s.out.append(f"      [{c.describes}]")
+    for path in survey.unreadable:
+        s.err.append(f"not a readable cache: {path}")
+    return s
+
+
+def cache_clean(report) -> Summary:
+    """`cache clean`'s report (:class:`embedder.housekeeping.CleanReport`)."""
+    s = Summary(err=list(report.warnings))
+    verb = "would remove" if report.dry_run else "removed"
+    for r in report.removals:
+        s.out.append(f"{verb} {r.what} {r.path} ({_mb(r.size_bytes)}): {r.why}")
+    for line in report.kept:
+        s.out.append(f"kept {line}")
+    if report.removals:
+        s.out.append(f"{verb} {plural(len(report.removals), 'item')}, {_mb(report.size_bytes)}"
+                     + ("; run without --dry-run to remove them" if report.dry_run else ""))
+    else:
+        s.out.append("nothing to remove")
+    return s

@@ -74,6 +74,7 @@ class FinetuneOptions:
     patience: int = FINETUNE_PATIENCE
     resume: bool = False
     devices: str | list[int] | None = None  # several devices: MirroredStrategy (batch_size is per device)
+    tensorboard: Path | None = None  # TensorBoard logs go to tensorboard/<run folder name> (heads.tensorboard)
     progress: bool = True
 
 
@@ -97,6 +98,7 @@ class FinetuneReport:
     metrics: dict = field(default_factory=dict)  # the kept model on the validation images
     seconds_per_epoch: float = 0.0
     elapsed_s: float = 0.0
+    tensorboard: str | None = None  # the run's TensorBoard logs
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -377,6 +379,26 @@ def _make_checkpointer(keras, run_dir: Path, state: dict, patience: int, log: Ca
     return Checkpointer()
 
 
+def _epoch_scalars(run_dir: Path, options: FinetuneOptions, opts: dict):
+    """The run's TensorBoard writer (:mod:`heads.tensorboard`), or None: ``--tensorboard`` of
+    this command, else the one the interrupted fine-tune was started with (``--resume``)."""
+    from .tensorboard import EpochScalars, run_folder
+
+    folder = run_folder(options.tensorboard or opts.get("tensorboard"), run_dir.name)
+    return EpochScalars(folder) if folder else None
+
+
+def _scalars_callback(keras, board):
+    """Each epoch's loss and accuracy (train and validation) to TensorBoard, numbered as the
+    history counts epochs (1 = the first)."""
+
+    class EpochScalarsCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            board(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+
+    return EpochScalarsCallback()
+
+
 def _remove_stale_checkpoints(folder: Path, state: dict) -> None:
     keep = {STATE_FILE, state.get("model_file"), state["best"].get("weights")}
     for entry in folder.iterdir():
@@ -430,8 +452,6 @@ def finetune(options: FinetuneOptions, log: Callable[[str], None] = lambda m: No
 
 
 def _finetune_in(run_dir: Path, state: dict, run, options: FinetuneOptions, log) -> FinetuneReport:
-    from tqdm import tqdm
-
     from headstart.embedder.backbones import build_backbone
     from headstart.embedder.tf_runtime import import_keras
 
@@ -507,23 +527,30 @@ def _finetune_in(run_dir: Path, state: dict, run, options: FinetuneOptions, log)
     fit_val_ds = _dataset(val, num_classes, size, batch, False, False, opts["seed"], drop_remainder=True,
                           recipe=recipe) if replicas > 1 else val_ds
     steps = len(train.paths) // batch if replicas > 1 else -(-len(train.paths) // batch)
+    board = _epoch_scalars(run_dir, options, opts)
+    report.tensorboard = str(board.folder) if board else None
     if fresh:
-        _evaluate_start(model, run_dir, fit_val_ds, state, log)
+        start = _evaluate_start(model, run_dir, fit_val_ds, state, log)
+        if board:
+            board(0, start)  # the warm start: validation step 0
     report.start_metrics = dict(state.get("start") or {})
 
     def bar_factory(epoch):
-        if not options.progress:
-            return None
-        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{opts['epochs']}", unit="batch", leave=False, dynamic_ncols=True)
+        from headstart.embedder.progress import progress_bar
+
+        return progress_bar(steps, f"epoch {epoch + 1}/{opts['epochs']}", options.progress, unit="batch")
 
     finished = state.get("stopped_early") or state["epochs_done"] >= opts["epochs"]
     if not finished:
         checkpointer = _make_checkpointer(keras, run_dir, state, opts["patience"], log, bar_factory)
+        callbacks = [checkpointer] + ([_scalars_callback(keras, board)] if board else [])
         with warnings.catch_warnings():
             # tf.data after ignore_errors() has no known length; Keras warns at every epoch end
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(train_ds, validation_data=fit_val_ds, epochs=opts["epochs"], initial_epoch=state["epochs_done"],
-                      callbacks=[checkpointer], verbose=0, shuffle=False)
+                      callbacks=callbacks, verbose=0, shuffle=False)
+    if board:
+        board.close()
     best = state["best"]
     if best.get("weights"):
         with warnings.catch_warnings():  # the epoch-0 weights predate the optimizer's state; it is not needed now
@@ -570,6 +597,7 @@ def _prepare_run_dir(options: FinetuneOptions, log) -> tuple[Path, dict]:
             "patience": options.patience, "images": str(options.images) if options.images else None,
             "cache": str(options.cache) if options.cache else None,
             "devices": options.devices,
+            "tensorboard": str(options.tensorboard) if options.tensorboard else None,
         },
         "epochs_done": 0, "history": [], "best": {"val_loss": float("inf")}, "wait": 0,
         "model_file": None, "unfrozen_layers": [], "unfreeze_clamped": False,

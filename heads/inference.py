@@ -189,7 +189,7 @@ def top_k_rows(names: list[str], probabilities: np.ndarray, classes: list[str], 
 def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | None = None,
                    log: Callable[[str], None] = lambda m: None) -> PredictReport:
     """Predict every image in ``inputs`` with the run (a :class:`heads.runs.Run`)."""
-    from tqdm import tqdm
+    from headstart.embedder.progress import progress_bar
 
     options = options or PredictOptions()
     if options.top_k < 1:
@@ -230,8 +230,7 @@ def predict_images(inputs: Sequence[str | Path], run, options: PredictOptions | 
         backbone_started = time.perf_counter()
         engine, to_probabilities = _engine_for(run, finetuned, options, log)
         sources = [Source(str(files[i][1]), key=keys[i]) for i in todo]
-        with tqdm(total=len(todo), desc="predicting", unit="img", disable=not options.progress,
-                  dynamic_ncols=True, mininterval=0.5) as bar:
+        with progress_bar(len(todo), "predicting", options.progress, unit="img", mininterval=0.5) as bar:
             for batch in engine.embed(sources):
                 if len(batch.indices):
                     out = batch.features if to_probabilities is None else to_probabilities(batch.features)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,11 +136,11 @@ def load_run(path: str | os.PathLike) -> Run:
     """Read and check a run folder; anything missing or damaged is a one-line RunError."""
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"run folder not found: {path}")
+        raise RunError(_not_a_folder(path))
     meta_path = path / RUN_META
     if not meta_path.is_file():
-        raise RunError(f"run {path} is incomplete: it has no {RUN_META} (written last, so the run never finished); "
-                       f"train it again")
+        raise RunError(_not_a_run(path) or f"run {path} is incomplete: it has no {RUN_META} (written last, so the "
+                                           f"run never finished); train it again")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -171,6 +172,54 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"run {path} is incomplete: {model.name} is missing")
     _check_sha256(run, model)
     return run
+
+
+def _not_a_folder(path: Path) -> str:
+    """Why ``path`` is no run folder: missing, or a file (a run's own file, a cache)."""
+    if not path.exists():
+        return f"run folder not found: {path}"
+    if path.parent.joinpath(RUN_META).is_file():
+        return f"{path} is a file of run {path.parent}; pass the run folder itself: {path.parent}"
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return (f"{path} is a file (a cache?), not a run folder; pass a run folder such as runs/<run> "
+                f"(`headstart head list` lists them)")
+    return f"{path} is a file, not a run folder; pass a run folder such as runs/<run>"
+
+
+def _not_a_run(path: Path) -> str | None:
+    """What a folder without head.json is, when it is something else than a run that never
+    finished: a sweep's folder or a folder of runs, a cache folder, an unfinished fine-tune.
+    The message says what to pass instead; None when it looks like an unfinished run."""
+    runs = [folder for folder, _ in list_runs(path)]
+    if runs:
+        best = max(runs, key=lambda folder: val_accuracy(_meta_or_empty(folder)) or -1.0)
+        sweep = all(_SWEEP_RUN.match(folder.name) for folder in runs) and all(f.parent == path for f in runs)
+        what = "a sweep's folder" if sweep else "a folder of runs"
+        return (f"{path} is {what} holding {len(runs)} runs, not a run; pass one of them, e.g. {best} (the best by "
+                f"val accuracy); `headstart head list --runs-dir {path}` ranks them")
+    caches = sorted(p.name for p in path.glob("*.h5"))
+    if caches:
+        from headstart.embedder.summaries import plural
+
+        return (f"{path} is a cache folder ({plural(len(caches), '.h5 cache')}, e.g. {caches[0]}), not a run; "
+                f"pass a run folder such as runs/<run> (`headstart head list` lists them), or the cache with --cache")
+    from .finetune import CHECKPOINT_DIR, STATE_FILE
+
+    if (path / CHECKPOINT_DIR / STATE_FILE).is_file():
+        return (f"{path} is a fine-tune that has not finished; continue it with `headstart finetune --resume "
+                f"--out {path}`")
+    return None
+
+
+_SWEEP_RUN = re.compile(r"^\d{2,}-[a-z0-9_]+$")  # what `head sweep` names its runs: 01-dense, 02-logreg...
+
+
+def _meta_or_empty(folder: Path) -> dict:
+    try:
+        meta = json.loads((folder / RUN_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _check_sha256(run: Run, model: Path) -> None:

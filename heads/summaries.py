@@ -52,7 +52,15 @@ def head_train(report) -> Summary:
     if (run / "report.html").is_file():
         s.out.append(f"report: {run / 'report.html'}" + (f"; mistakes: {run / 'misclassified.png'}"
                                                          if (run / "misclassified.png").is_file() else ""))
+    s.out.extend(_tensorboard(report))
     return s
+
+
+def _tensorboard(report) -> list[str]:
+    if not getattr(report, "tensorboard", None):
+        return []
+    logs = Path(report.tensorboard)
+    return [f"tensorboard: {logs}/ (view: tensorboard --logdir {logs.parent})"]
 
 
 def head_eval(report) -> Summary:
@@ -62,6 +70,38 @@ def head_eval(report) -> Summary:
     s.out.append(f"accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "
                  f"log-loss {_fmt(m.get('log_loss'))}   (recorded at training: accuracy {_fmt(r.get('accuracy'))})")
     s.out.append(f"wrote {report.out}/")
+    return s
+
+
+def eval_images(report) -> Summary:
+    """`headstart eval`: the metrics, against what the run recorded, and where the files are."""
+    s = Summary(err=_warnings(report.warnings))
+    if report.skipped:
+        s.err.append(f"skipped {plural(len(report.skipped), 'file')}:")
+        s.err.extend(f"  {item['path']}: {item['reason']}" for item in report.skipped[:20])
+        if len(report.skipped) > 20:
+            s.err.append(f"  ... and {len(report.skipped) - 20:,} more (--json lists them all)")
+    m, r = report.metrics, report.recorded
+    split = "" if report.split == "all" else f", {report.split} split"
+    runtime = f" ({report.runtime})" if report.runtime else ""
+    s.out.append(f"run {report.run} ({'fine-tuned' if report.kind == 'finetuned' else 'head'}) on {report.images}"
+                 f"{split}: {plural(m['n'], 'image')} ({report.from_cache} from a cache, {report.through_backbone} "
+                 f"through the {'network' if report.kind == 'finetuned' else 'backbone'}{runtime})")
+    top = "".join(f"  top-{k} {v:.4f}" for k, v in (m.get("top_k_accuracy") or {}).items())
+    s.out.append(f"accuracy {_fmt(m.get('accuracy'))}  macro-F1 {_fmt(m.get('macro_f1'))}  "
+                 f"log-loss {_fmt(m.get('log_loss'))}{top}   (recorded on its validation split: accuracy "
+                 f"{_fmt(r.get('accuracy'))})")
+    weakest = sorted(((v["recall"], name) for name, v in report.per_class.items() if v["support"]))[:3]
+    if weakest and weakest[0][0] < 1.0:
+        s.out.append("weakest: " + ", ".join(f"{name} (recall {recall:.2f})" for recall, name in weakest))
+    left = [f"{plural(report.duplicate_files, 'duplicate file')} counted once" if report.duplicate_files else "",
+            f"{plural(report.unlabelled_files, 'unlabelled file')} not evaluated" if report.unlabelled_files else ""]
+    if any(left):
+        s.out.append("note: " + "; ".join(x for x in left if x))
+    out = Path(report.out)
+    pictures = ", misclassified.png" if (out / "misclassified.png").is_file() else ""
+    s.out.append(f"wrote {out}/ (metrics.json, confusion.png, misclassified.csv{pictures}; its paths are relative "
+                 f"to {report.images})")
     return s
 
 
@@ -107,6 +147,7 @@ def finetune(report) -> Summary:
     run = Path(report.run_dir)
     if (run / "report.html").is_file():
         s.out.append(f"report: {run / 'report.html'}")
+    s.out.extend(_tensorboard(report))
     return s
 
 

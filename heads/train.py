@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from .params import HeadParams
 from .run_meta import CacheRef, RunMeta, SplitRecord
 from .runs import RunWriter, load_run, new_run_path, timestamp
 from .standardize import Standardizer
+from .tensorboard import EpochScalars, chain, require_epochs, run_folder
 
 Log = Callable[[str], None]
 
@@ -55,6 +57,7 @@ class TrainReport:
     epochs_run: int | None = None
     stopped_early: bool | None = None
     test_metrics: dict | None = None
+    tensorboard: str | None = None  # the run's TensorBoard logs (--tensorboard)
     warnings: list = field(default_factory=list)
     exit_code: int = EXIT_OK
 
@@ -70,21 +73,25 @@ def train_head(
     cache_dir: str | os.PathLike = CACHE_DIR,
     log: Log = _quiet,
     progress: bool = False,
+    tensorboard: str | os.PathLike | None = None,
 ) -> TrainReport:
-    """Train one head on a cache and write its run folder (default: runs/<timestamp>-<head>)."""
+    """Train one head on a cache and write its run folder (default: runs/<timestamp>-<head>);
+    ``tensorboard``: a folder for the curves' TensorBoard logs (:mod:`heads.tensorboard`)."""
+    if tensorboard is not None:
+        require_epochs(params.head)
     started = time.perf_counter()
     cache_path = resolve_cache(cache, cache_dir, log)
     data = load_labelled(cache_path, params.val_fraction, params.seed)
     loaded = time.perf_counter()
     out = Path(out) if out is not None else new_run_path(runs_dir, params.head_type)
-    report = train_on(data, params, out, log=log, progress=progress)
+    report = train_on(data, params, out, log=log, progress=progress, tensorboard=tensorboard)
     report.load_seconds = loaded - started
     report.total_seconds = time.perf_counter() - started
     return report
 
 
 def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _quiet,
-             progress: bool = False, pictures: bool = True) -> TrainReport:
+             progress: bool = False, pictures: bool = True, tensorboard: str | os.PathLike | None = None) -> TrainReport:
     """Fit ``params`` on ``data``'s training rows, evaluate, and write the run folder ``out``.
 
     ``pictures``: the mistakes' contact sheet and ``report.html`` (about a second: the images
@@ -112,9 +119,10 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
     # Library imports take seconds once per process; they are not the head's training time.
     type(head).preload()
     fit_started = time.perf_counter()
-    with _epoch_bar(head, progress) as on_epoch:
+    board = run_folder(tensorboard, Path(out).name)
+    with _epoch_bar(head, progress) as on_epoch, EpochScalars(board) if board else nullcontext() as scalars:
         head.fit(x_train, y_train, num_classes=num_classes, seed=params.seed, standardizer=standardizer,
-                 validation=(x_val, y_val) if head.uses_validation else None, on_epoch=on_epoch)
+                 validation=(x_val, y_val) if head.uses_validation else None, on_epoch=chain(on_epoch, scalars))
     train_seconds = time.perf_counter() - fit_started
     fitted = head.report_
     warnings.extend(fitted.warnings)
@@ -167,6 +175,7 @@ def train_on(data: LabelledFeatures, params: HeadParams, out: Path, log: Log = _
         cache=str(data.cache_path), fingerprint_text=describe(data.fingerprint), train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started, best_epoch=meta.best_epoch, epochs_run=meta.epochs_run,
         stopped_early=meta.stopped_early, test_metrics=summary.get("test"), warnings=warnings,
+        tensorboard=str(board) if board else None,
         # Images left out of training (labelling conflicts) need a look, like skipped images do.
         exit_code=EXIT_ATTENTION if data.conflicts else EXIT_OK,
     )

@@ -237,6 +237,12 @@ class CacheWriter:
     def resumed_parts(self) -> int:
         return len(self._parts)
 
+    @property
+    def in_parts(self) -> tuple[int, int]:
+        """(images, views) in part files so far; read before a run adds any, what an interrupted
+        run had done (where a resumed job's progress bars start)."""
+        return sum(len(p.keys) + len(p.failed) for p in self._parts), len(self._done_views)
+
     def add_part(
         self,
         keys: Sequence[str],
