@@ -151,8 +151,8 @@ def embed_run(
                                                                    "header) are skipped as too large, not decoded."),
     runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
                                              "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
-    shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
-                                                   "key; one cache per shard, then `embed merge`."),
+    shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition of the files "
+                                                   "by path; one cache per shard, then `embed merge`."),
     precision: str = typer.Option("auto", help="float32, or mixed (Keras mixed_float16); auto: mixed on a GPU, "
                                                "float32 on a CPU. Part of the fingerprint."),
     jit: Optional[bool] = typer.Option(None, "--jit/--no-jit", help="XLA compilation; default: on with a GPU, off on "
