@@ -91,7 +91,7 @@ print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
 
 def test_predict_with_a_dense_head_on_litert_imports_no_tensorflow(tmp_path, run_cli, tiny_model_file):
     images = tmp_path / "imgs"
-    make_class_folders(images, classes=("cats", "dogs", "owls"), per_class=6, size=(48, 48))
+    seen = make_class_folders(images, classes=("cats", "dogs", "owls"), per_class=6, size=(48, 48))[0]
     cache, run = tmp_path / "c.h5", tmp_path / "run"
     # In this process: the backbone converts to LiteRT once (kept in the session's HEADSTART_HOME).
     assert run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", cache, "--runtime", "litert",
@@ -99,16 +99,21 @@ def test_predict_with_a_dense_head_on_litert_imports_no_tensorflow(tmp_path, run
     assert run_cli("head", "train", "--cache", cache, "--epochs", "5", "--hidden", "16", "--standardize",
                    "--out", run, "-q")[0] == 0
     new = save_image(tmp_path / "new" / "one.jpg", photo_like(np.random.default_rng(5), (60, 70)))
-    args = ["predict", str(new), "--run", str(run), "--no-cache", "--runtime", "litert", "--format", "json", "-q"]
+    # `seen` is in the cache: its features come from there (h5py); the new image goes
+    # through the backbone (LiteRT).
+    args = ["predict", str(new), str(seen), "--run", str(run), "--cache", str(cache), "--runtime", "litert",
+            "--format", "json"]
     code, out, _ = run_cli(*args)
     assert code == 0
     in_process = json.loads(out)
+    assert len(in_process) == 2
 
     child = subprocess.run([sys.executable, "-c", _CHILD.format(heavy=HEAVY), *args], capture_output=True, text=True,
                            cwd=REPO_ROOT, timeout=300)  # HEADSTART_HOME (the session's store) is inherited
     status = json.loads(child.stderr.strip().splitlines()[-1])
     assert status["code"] == 0, child.stderr[-2000:]
     assert status["heavy"] == []  # no TensorFlow, Keras, scikit-learn or scipy on this path
+    assert "1 from the cache, 1 through the backbone (litert)" in child.stderr
     got = json.loads(child.stdout)
     assert [r["label"] for r in got] == [r["label"] for r in in_process]
-    assert got[0]["probability"] == pytest.approx(in_process[0]["probability"], abs=1e-5)
+    assert [r["probability"] for r in got] == pytest.approx([r["probability"] for r in in_process], abs=1e-5)
