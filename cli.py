@@ -221,8 +221,9 @@ def embed_run(
                                help="pillow: CPU threads (a cache made another way keeps its own rule); nvjpeg: "
                                     "JPEGs decoded on a CUDA GPU (torchvision): other pixels, so another "
                                     "fingerprint.")] = "pillow",
-    shard: Annotated[Optional[str], Opt("--shard", help="I/N: embed only shard I (0-based) of N; one cache "
-                                                              "per shard, then `embed merge`.")] = None,
+    shard: Annotated[Optional[str], Opt("--shard", help="I/N: embed only shard I (0-based) of N, a partition "
+                                                              "of the files by path (each machine reads only its "
+                                                              "own); one cache per shard, then `embed merge`.")] = None,
     precision: Annotated[str, Opt("--precision", choices=("auto", "float32", "mixed"),
                                   help="Computation dtype (mixed: Keras mixed_float16); auto: mixed on a GPU, "
                                        "float32 on a CPU. Part of the fingerprint.")] = defaults.PRECISION,

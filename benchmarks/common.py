@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,8 @@ def photo_like_jpegs(folder: Path, count: int, size=(375, 500), classes=10, seed
     stamp = folder / ".complete"
     if stamp.exists() and stamp.read_text() == f"{count} {size} {classes} {seed}":
         return folder
+    for old in folder.glob("class_*"):  # another recipe's files (e.g. a larger count) must not linger
+        shutil.rmtree(old)
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--jpegs", str(folder), str(count),
                     str(size[0]), str(size[1]), str(classes), str(seed)], check=True, cwd=REPO_ROOT)
     return folder
@@ -99,6 +102,72 @@ def _write_photo_like_jpegs(folder: Path, count: int, size, classes: int, seed: 
         target.parent.mkdir(exist_ok=True)
         target.write_bytes(tf.io.encode_jpeg(image, quality=90).numpy())
     stamp.write_text(f"{count} {size} {classes} {seed}")
+
+
+ORIENTATIONS = (6, 8, 3)  # EXIF: rotated 90 clockwise, 90 counter-clockwise, 180 (what phones write)
+
+
+def camera_jpegs(folder: Path, count: int, size=(3000, 4000), quality: int = 90, classes: int = 4, seed: int = 0,
+                 orient_every: int = 3, every_png: int = 0) -> Path:
+    """``count`` photo-like JPEGs of ``size`` (height, width) at ``quality``, as phones and
+    cameras write them: a 4000x3000 one at quality 90 is ~1.7 MB (the issue's measured photo),
+    and every ``orient_every``-th carries an EXIF orientation tag (6, 8, 3 in turn). With
+    ``every_png`` every such file is a 1024x768 PNG instead (a mixed folder).
+
+    The content is smooth fields at four scales plus a fine grain, so the entropy decoder has
+    as much to do as on a real photo of that size (a flat or blocky image would decode
+    faster than any camera's). Written by worker processes, reused when already there.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / ".complete"
+    recipe = f"camera {count} {size} {quality} {classes} {seed} {orient_every} {every_png}"
+    if stamp.exists() and stamp.read_text() == recipe:
+        return folder
+    for old in folder.glob("class_*"):  # another recipe's files (e.g. a larger count) must not linger
+        shutil.rmtree(old)
+    from multiprocessing import Pool
+
+    jobs = [(str(folder), i, size, quality, classes, seed, orient_every, every_png) for i in range(count)]
+    with Pool(max(1, min(os.cpu_count() or 1, 8))) as pool:
+        pool.starmap(_write_camera_jpeg, jobs, chunksize=1)
+    stamp.write_text(recipe)
+    return folder
+
+
+def photo_pixels(rng, height: int, width: int, grain: float = 2.0):
+    """``uint8 [H, W, 3]``: a colour, smooth random fields at 1/512..1/8 of the size, grain."""
+    import numpy as np
+    from PIL import Image
+
+    total = np.zeros((height, width, 3), np.int16) + rng.integers(60, 190, 3).astype(np.int16)
+    for scale, amplitude in ((512, 45), (128, 30), (32, 18), (8, 10)):
+        small = rng.normal(0, amplitude, (max(2, height // scale), max(2, width // scale), 3))
+        field = Image.fromarray(np.clip(small + 128, 0, 255).astype(np.uint8)).resize((width, height),
+                                                                                      Image.Resampling.BILINEAR)
+        total += np.asarray(field, dtype=np.int16) - 128
+    tile = np.round(rng.normal(0, grain, (512, 512, 3))).astype(np.int16)
+    reps = (-(-height // 512), -(-width // 512), 1)
+    total += np.tile(np.roll(tile, int(rng.integers(512)), axis=0), reps)[:height, :width]
+    return np.clip(total, 0, 255).astype(np.uint8)
+
+
+def _write_camera_jpeg(folder: str, i: int, size, quality: int, classes: int, seed: int, orient_every: int,
+                       every_png: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, i])
+    target = Path(folder) / f"class_{i % classes:02d}"
+    target.mkdir(exist_ok=True)
+    if every_png and i % every_png == every_png - 1:
+        Image.fromarray(photo_pixels(rng, 768, 1024)).save(target / f"img_{i:05d}.png", optimize=False)
+        return
+    height, width = size
+    image = Image.fromarray(photo_pixels(rng, height, width))
+    exif = Image.Exif()
+    if orient_every and i % orient_every == 0:
+        exif[0x0112] = ORIENTATIONS[(i // orient_every) % len(ORIENTATIONS)]
+    image.save(target / f"img_{i:05d}.jpg", "JPEG", quality=quality, exif=exif.tobytes())
 
 
 def run_child(script: Path, *args: str, timeout: int = 3600) -> dict:

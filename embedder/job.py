@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class EmbedOptions:
     parallelism: int | None = None  # decode threads (--workers); default: the core count
     runtime: str = RUNTIME  # 'auto' or a name in embedder.runtimes.RUNTIMES
     pixel_limit: int = DEFAULT_PIXEL_LIMIT  # larger images are recorded failures ("too large")
-    shard: tuple[int, int] | None = None  # (index, count): embed only this shard's keys
+    shard: tuple[int, int] | None = None  # (index, count): embed only this shard's files (by path)
     jit: bool | None = None  # XLA; None: on with a GPU, off without
     devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
     views: int | None = None  # augmented views per image; None: as many as the cache holds (0 if new)
@@ -138,19 +139,35 @@ def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
     return None if count == 1 else (index, count)
 
 
-def key_shard(key: str, count: int) -> int:
-    """Which of ``count`` shards a content key belongs to: disjoint and complete whatever
-    order each machine lists the files in."""
-    return int(key[:16], 16) % count
+SHARD_BY = "path"  # recorded on shard caches: how files were assigned (before: "key")
 
 
-def path_shard_key(path: str) -> str:
-    """Files without a content key (unreadable, missing) are assigned by their path."""
-    return hashlib.sha256(path.encode()).hexdigest()
+def path_shard(path: str, count: int) -> int:
+    """Which of ``count`` shards a file belongs to, from its path relative to the images root
+    (NFC-normalised, so two filesystems spelling an accent differently agree).
+
+    Cheap on purpose: a worker picks its files before reading any, so N workers read the
+    images once between them, not N times (a content key needs every file read first).
+    Disjoint and complete whatever order each machine lists the files in. The same bytes
+    under two paths may land in two shards: each embeds them, ``embed merge`` keeps one row.
+    """
+    name = unicodedata.normalize("NFC", str(path))
+    return int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:16], 16) % count
 
 
-def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
-    return shard is None or key_shard(key, shard[1]) == shard[0]
+def in_shard(path: str, shard: tuple[int, int] | None) -> bool:
+    return shard is None or path_shard(path, shard[1]) == shard[0]
+
+
+def shard_listing(listing: Listing, shard: tuple[int, int] | None) -> Listing:
+    """The part of ``listing`` (its files and its missing manifest rows) that ``shard`` owns;
+    the classes stay whole, so every shard's cache names the same classes."""
+    if shard is None:
+        return listing
+    from dataclasses import replace
+
+    return replace(listing, files=[f for f in listing.files if in_shard(f.path, shard)],
+                   missing=[(p, why) for p, why in listing.missing if in_shard(p, shard)])
 
 
 def run_embedding(
@@ -174,32 +191,29 @@ def run_embedding(
     started = time.perf_counter()
     named = CacheLocation.of(options.cache) if options.cache else None
     resolved = _resolve_for_cache(config, named, log)
-    listing = discover(images, options.manifest)
     shard = check_shard(options.shard)
+    listing = shard_listing(discover(images, options.manifest), shard)
     target = named or CacheLocation.of(default_cache_path(
         listing.root, resolved, options.dtype, location(options.cache_dir), shard))
     report = EmbedReport(str(target), resolved.fingerprint, str(listing.root), listing.layout,
                          ignored_files=listing.ignored_count, pixels=recipe_for(resolved.fingerprint).name,
                          warnings=list(listing.warnings))  # symlink loops, split-named classes: printed at the end
     extra_attrs = {"backbone_source": _source(config.backbone), "weights_source": _source(config.weights),
-                   "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None}
+                   "layout": listing.layout, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+                   "shard_by": SHARD_BY if shard else None}
 
     # A cache at a URL is written in a local staging folder and uploaded once finished.
     with target.staged(log) as local_cache, \
             _open_writer(local_cache, resolved, options, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
         keys = _hash_listing(listing, options.progress)
-        failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing
-                                   if in_shard(path_shard_key(path), shard)]
+        failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing]
         records: list[FileRecord] = []
         label_index = listing.label_index()
         todo: dict[str, str] = {}  # key -> a path to decode it from
         for image, key in zip(listing.files, keys):
             if isinstance(key, OSError):
-                if in_shard(path_shard_key(image.path), shard):
-                    failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
-                continue
-            if not in_shard(key, shard):
+                failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
                 continue
             known = key in writer.known_keys or key in writer.known_failures
             if known:

@@ -1,10 +1,13 @@
 """`headstart embed merge OUT SHARD...`: shard caches from many machines -> one cache.
 
-Shards come from ``embed run --shard I/N`` (a disjoint partition by content key), so they
-normally share no row. Merge still checks everything it relies on: every shard is a
-finished cache (a missing or half-written one is named), all fingerprints and storage
-dtypes are equal (a mismatch names both), and a key that does appear in two shards carries
-the same features in both (else: refused, naming the key and the shards).
+Shards come from ``embed run --shard I/N`` (a disjoint partition of the files by path), so
+the same bytes under two paths may sit in two shards: merge keeps one row per content key.
+It checks everything it relies on: every shard is a finished cache (a missing or
+half-written one is named), all fingerprints and storage dtypes are equal (a mismatch names
+both), and a key that appears in two shards carries the same features in both (else:
+refused, naming the key and the shards). Shards it can tell are missing (``1/4`` and
+``3/4`` given, ``0/4`` and ``2/4`` not) or that were assigned by another rule (older
+headstart versions partitioned by content key) are warned about: OUT may lack files.
 
 Two ways to write OUT:
   * copy (default): a normal cache, written through the crash-safe writer;
@@ -126,9 +129,7 @@ def merge_caches(out: str | os.PathLike, shard_paths: Sequence[str | os.PathLike
     elif with_views and len(with_views) < len(shards):
         report.warnings.append(f"only {len(with_views)} of {len(shards)} shards hold augmented views; the "
                                f"other shards' images have none in OUT")
-    if virtual and report.duplicate_keys:
-        raise UsageError(f"{report.duplicate_keys} keys appear in several shards; --virtual maps whole shards "
-                         f"and needs disjoint ones: merge without --virtual")
+    report.warnings.extend(coverage_warnings(shards))
 
     files: list[FileRecord] = []
     seen_paths: dict[str, str] = {}
@@ -224,10 +225,13 @@ def _write_virtual(out: Path, first: Cache, sources, row_keys, key_to_row, files
     for shard, take, target in sources:
         if not len(take):
             continue
-        # Shards are disjoint here, so each maps whole and in order onto a block of rows.
+        # Each run of consecutive rows taken from a shard maps onto a block of OUT's rows (a
+        # shard maps whole unless another shard already holds some of its keys).
         source = h5py.VirtualSource(os.path.relpath(shard.path.resolve(), out.resolve().parent),
                                     "embeddings/features", shape=(shard.num_rows, dim))
-        layout[int(target[0]):int(target[-1]) + 1] = source
+        for start, stop in _runs(take):
+            block = int(target[start])
+            layout[block:block + stop - start] = source[int(take[start]):int(take[stop - 1]) + 1]
     digest = content_digest(files, classes, failures, root, len(row_keys))
     with atomic_path(out, keep_suffix=True) as tmp:
         with h5py.File(tmp, "w") as h5:
@@ -235,3 +239,38 @@ def _write_virtual(out: Path, first: Cache, sources, row_keys, key_to_row, files
             write_tables(h5, row_keys, key_to_row, files, classes, failures)
             write_root_attrs(h5, first.fingerprint, first.feature_dtype, root, digest,
                              str(first.attrs.get("created", "")), dict(extra, virtual=True))
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` index ranges of ``rows`` over which the values go up by one."""
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    edges = [0, *breaks.tolist(), len(rows)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def coverage_warnings(shards: Sequence[Cache]) -> list[str]:
+    """What the shards' own records say OUT may lack: shards of a partition that are not
+    among the inputs, or shards assigned by different rules (files may fall between them)."""
+    marked = []
+    for shard in shards:
+        try:
+            index, count = (int(x) for x in str(shard.attrs.get("shard") or "").split("/"))
+        except ValueError:
+            continue  # a whole cache (not a shard): nothing to check
+        marked.append((shard, index, count, str(shard.attrs.get("shard_by") or "key")))
+    warnings = []
+    rules = sorted({rule for *_, rule in marked})
+    if len(rules) > 1:
+        named = "; ".join(f"by {rule}: " + ", ".join(str(s.path) for s, *_, r in marked if r == rule) for rule in rules)
+        warnings.append(f"the shards were assigned files by different rules ({named}), so some files may be in "
+                        f"none of them; embed every shard with the same headstart version")
+    for count in sorted({c for _, _, c, _ in marked}):
+        present = {i for _, i, c, _ in marked if c == count}
+        absent = [i for i in range(count) if i not in present]
+        if absent:
+            listed = ", ".join(f"{i}/{count}" for i in absent[:8]) + (", ..." if len(absent) > 8 else "")
+            warnings.append(f"{len(absent)} of {count} shards are not among the inputs ({listed}): their files are "
+                            f"not in OUT")
+    return warnings

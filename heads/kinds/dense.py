@@ -133,6 +133,9 @@ class DenseHead(Head):
         return record
 
     def predict_proba(self, X) -> np.ndarray:
+        mlp = getattr(self, "_mlp", None)
+        if mlp is not None:  # a loaded head: numpy, no TensorFlow (heads.kinds.keras_mlp)
+            return mlp.predict_proba(X)
         from ..dense import predict_keras
 
         return predict_keras(self.model_, X)
@@ -143,19 +146,50 @@ class DenseHead(Head):
 
     @classmethod
     def load(cls, folder, model_file: str | None = None) -> "DenseHead":
-        from headstart.embedder.tf_runtime import import_keras
+        """Read without Keras when the file is the chain headstart builds (it predicts in
+        numpy, equal to Keras within float32 rounding); the Keras model itself loads on first
+        use of :attr:`model_` (fine-tuning, export). Any other file loads with Keras now."""
+        from .keras_mlp import Damaged, Unsupported, read_keras_mlp
 
-        keras = import_keras()
-        try:
-            model = keras.models.load_model(Path(folder) / (model_file or MODEL_FILE), compile=False)
-        except Exception as exc:
-            lines = str(exc).strip().splitlines()
-            raise ModelFileError(f"cannot be loaded ({type(exc).__name__}: "
-                                 f"{lines[0][:200] if lines else ''})") from None
+        path = Path(folder) / (model_file or MODEL_FILE)
         head = cls()
-        head.model_ = model
+        head._path = path
+        try:
+            head._mlp = read_keras_mlp(path)
+        except Damaged as exc:
+            raise ModelFileError(f"cannot be loaded ({exc})") from None
+        except Unsupported:
+            head.model_ = _load_keras(path)
         return head
 
     @property
+    def model_(self):
+        """The Keras model (loaded from the run folder on first use by a loaded head)."""
+        if getattr(self, "_keras", None) is None and getattr(self, "_path", None) is not None:
+            self._keras = _load_keras(self._path)
+        if getattr(self, "_keras", None) is None:
+            raise AttributeError("model_")  # unfitted, as scikit-learn's fitted attributes
+        return self._keras
+
+    @model_.setter
+    def model_(self, model) -> None:
+        self._keras, self._mlp = model, None  # a freshly fitted model predicts through Keras
+
+    @property
     def feature_dim_(self) -> int:
+        mlp = getattr(self, "_mlp", None)
+        if mlp is not None:
+            return mlp.feature_dim
         return int(self.model_.inputs[0].shape[-1])
+
+
+def _load_keras(path: Path):
+    from headstart.embedder.tf_runtime import import_keras
+
+    keras = import_keras()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise ModelFileError(f"cannot be loaded ({type(exc).__name__}: "
+                             f"{lines[0][:200] if lines else ''})") from None
