@@ -232,10 +232,10 @@ def inspect_duplicates(report) -> tuple[list[str], list[str]]:
              f"near:       {plural(n['pairs'], 'pair')} with cosine >= {report.threshold:g} among "
              f"{plural(n['rows'], 'image')} in {plural(n['groups'], 'group')} (largest: "
              f"{plural(n['largest_group_rows'], 'image')}); {plural(n['pairs_with_different_labels'], 'pair')} "
-             f"carry different labels"]
+             f"with different labels"]
     if leak["applies"]:
         detail = ", ".join(f"{k} {v:,}" for k, v in leak["by_splits"].items())
-        lines.append(f"leakage:    {plural(leak['pairs'], 'near-duplicate pair')} straddle the split"
+        lines.append(f"leakage:    {plural(leak['pairs'], 'near-duplicate pair')} across the split"
                      + (f": {detail}" if detail else ""))
     else:
         lines.append(f"leakage:    does not apply ({leak['reason']})")
@@ -246,7 +246,7 @@ def inspect_duplicates(report) -> tuple[list[str], list[str]]:
     lines.append(f"method:     {how}; {report.seconds:.1f} s")
     problems = []  # what exit code 1 means, for --quiet
     if leak["applies"] and leak["pairs"]:
-        problems.append(f"leakage: {plural(leak['pairs'], 'near-duplicate pair')} straddle the split "
+        problems.append(f"leakage: {plural(leak['pairs'], 'near-duplicate pair')} across the split "
                         f"(see {report.out})")
     if c["applies"] and c["keys"]:
         problems.append(f"conflicts: {plural(c['keys'], 'image')} under two classes (see {report.out})")
