@@ -164,6 +164,8 @@ def embed_run(
                                                               "default: as many as the cache holds."),
     views_seed: Optional[int] = typer.Option(None, "--views-seed", help="Seed of the views; default: the cache's own, "
                                                                         "or 0."),
+    rehash: bool = typer.Option(False, "--rehash", help="Read and hash every file, even those whose size, times and "
+                                                        "inode say they are unchanged since the last run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only problems."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -180,7 +182,7 @@ def embed_run(
     options = EmbedOptions(cache=cache, cache_dir=cache_dir, dtype=dtype, batch_size=parse_batch_size(batch_size, 32),
                            manifest=manifest, parallelism=workers, runtime=runtime, pixel_limit=max_pixels,
                            shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
-                           views=views, views_seed=views_seed, progress=not quiet and not as_json)
+                           views=views, views_seed=views_seed, rehash=rehash, progress=not quiet and not as_json)
     log = (lambda m: None) if (quiet or as_json) else _err
     report = run_embedding(images, config, options, log=log)
     if as_json:
@@ -209,6 +211,9 @@ def _print_embed_report(report, quiet: bool) -> None:
                        if report.views_missing else "")
             typer.echo(f"views: {report.views} per image (seed {report.views_seed}){missing}")
         typer.echo(f"reused {report.reused:,}; skipped {len(report.skipped):,}; total {report.elapsed_s:.1f} s")
+        if report.unchanged:
+            typer.echo(f"read and hashed {report.hashed:,} files ({report.hashed_bytes / 1e6:,.1f} MB); "
+                       f"{report.unchanged:,} unchanged since the last run were not read (--rehash reads them)")
         extra = f", {report.duplicates:,} duplicate files" if report.duplicates else ""
         typer.echo(f"cache: {report.cache_path} ({report.rows:,} rows for {report.files:,} files{extra}, "
                    f"{report.cache_bytes / 1e6:.1f} MB)")

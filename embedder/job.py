@@ -25,7 +25,7 @@ from .discovery import UNLABELED, Listing, discover
 from .engine import CHANGED, DEFAULT_BATCH_SIZE, Engine, Source
 from .errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
 from .fingerprint import describe, fingerprint_id
-from .hashing import hash_files
+from .hashing import ListingKeys, listing_keys
 from .runtimes import RuntimeOptions
 from .sanity import check_features
 from .staging import staged_cache
@@ -53,6 +53,7 @@ class EmbedOptions:
     devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
     views: int | None = None  # augmented views per image; None: as many as the cache holds (0 if new)
     views_seed: int | None = None  # None: the cache's own seed, else 0
+    rehash: bool = False  # read every file, even those whose stat record says unchanged
     progress: bool = True
 
 
@@ -66,6 +67,10 @@ class EmbedReport:
     rows: int = 0  # distinct contents in the cache
     embedded: int = 0  # rows computed by this run
     reused: int = 0  # files whose bytes were already embedded (or failed) before
+    hashed: int = 0  # files read and hashed to find their keys
+    hashed_bytes: int = 0
+    unchanged: int = 0  # files not read: their stat record says they are as the last run saw them
+    racy: int = 0  # files read again because they changed too shortly before their last run
     resumed_parts: int = 0  # part files an interrupted run had left
     duplicates: int = 0  # files whose bytes another file of this run also has
     skipped: list[dict] = field(default_factory=list)  # {path, reason}
@@ -186,13 +191,16 @@ def run_embedding(
     with staged_cache(cache_path, log) as local_cache, \
             _open_writer(local_cache, resolved, options, extra_attrs) as writer:
         report.resumed_parts = writer.resumed_parts
-        keys = _hash_listing(listing, options.progress)
+        hashed = _hash_listing(listing, options.progress, None if options.rehash else writer.stat_record())
+        report.hashed, report.hashed_bytes = hashed.hashed, hashed.hashed_bytes
+        report.unchanged, report.racy = hashed.unchanged, hashed.racy
+        stats = hashed.stats.tolist()
         failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing
                                    if in_shard(path_shard_key(path), shard)]
         records: list[FileRecord] = []
         label_index = listing.label_index()
         todo: dict[str, str] = {}  # key -> a path to decode it from
-        for image, key in zip(listing.files, keys):
+        for image, key, stat in zip(listing.files, hashed.keys, stats):
             if isinstance(key, OSError):
                 if in_shard(path_shard_key(image.path), shard):
                     failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
@@ -205,8 +213,10 @@ def run_embedding(
             elif key not in todo:
                 todo[key] = image.path
             label = label_index[image.label] if image.label is not None else UNLABELED
-            records.append(FileRecord(image.path, key, label, image.split))
+            records.append(FileRecord(image.path, key, label, image.split, stat))
 
+        if todo:  # a rerun after kill -9 need not read these files again
+            _keep_stat_checkpoint(writer, listing, hashed)
         engine = _JobEngine(resolved, options, report, log)
         transient: dict[str, str] = {}  # key -> why its file could not be used this time (not kept as known)
         if todo:
@@ -217,7 +227,7 @@ def run_embedding(
         kept: list[FileRecord] = []
         for record in records:
             if record.key in failed_keys:
-                failures.append(Failure(record.path, failed_keys[record.key], record.key))
+                failures.append(Failure(record.path, failed_keys[record.key], record.key, record.stat))
             elif record.key in transient and record.key not in writer.known_keys:
                 failures.append(Failure(record.path, transient[record.key]))  # no key: the next run tries again
             else:
@@ -286,13 +296,21 @@ def _source(value: str) -> str:
     return str(path.resolve()) if path.is_file() else value
 
 
-def _hash_listing(listing: Listing, progress: bool) -> list:
+def _hash_listing(listing: Listing, progress: bool, record=None) -> ListingKeys:
+    """Every listed file's key: read and hashed, unless ``record`` (the cache's stat record)
+    shows the file unchanged since the run that recorded it (:mod:`embedder.filestat`)."""
     from tqdm import tqdm
 
-    paths = [listing.root / f.path for f in listing.files]
-    with tqdm(total=len(paths), desc="hashing", unit="file", disable=not progress or len(paths) < 2000,
+    relative = [f.path for f in listing.files]
+    with tqdm(total=len(relative), desc="hashing", unit="file", disable=not progress or len(relative) < 2000,
               leave=False) as bar:
-        return hash_files(paths, on_done=bar.update)
+        return listing_keys(listing.root, relative, record, on_done=bar.update)
+
+
+def _keep_stat_checkpoint(writer: CacheWriter, listing: Listing, hashed: ListingKeys) -> None:
+    read = np.flatnonzero(hashed.read) if hashed.read is not None else []
+    writer.keep_stat_checkpoint([listing.files[i].path for i in read], [hashed.keys[i] for i in read],
+                                hashed.stats[read])
 
 
 class _JobEngine:

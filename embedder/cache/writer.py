@@ -22,6 +22,7 @@ import numpy as np
 
 from ..atomic import atomic_path, fsync_dir, remove_stale_temps, write_text_atomic
 from ..errors import CacheError
+from ..filestat import STAT_DTYPE, StatRecord
 from ..fingerprint import Fingerprint, canonical_json, require_same
 from ..locking import FileLock
 from ..storage import location
@@ -33,6 +34,7 @@ from .schema import (
 )
 
 _CHUNK_BYTES = 1 << 20
+STAT_CHECKPOINT = "stats.npz"  # in the parts folder: keys and stats an interrupted run had hashed
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FileRecord:
     key: str
     label: int  # -1 unlabeled
     split: str
+    stat: tuple | None = None  # its stat record (embedder.filestat.STAT_FIELDS); None: none kept
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Failure:
     path: str
     reason: str
     key: str = ""  # '' when the bytes could not even be read
+    stat: tuple | None = None  # with a key: its stat record, so a rerun need not read it again
 
 
 @dataclass
@@ -237,6 +241,34 @@ class CacheWriter:
     def resumed_parts(self) -> int:
         return len(self._parts)
 
+    # -- stat records ------------------------------------------------------------------
+
+    def stat_record(self) -> StatRecord:
+        """Keys and stats of the files the cache lists, updated by the checkpoint an
+        interrupted run left (:meth:`keep_stat_checkpoint`): what a rerun need not read again."""
+        record = self._existing.stat_record() if self._existing is not None else StatRecord.empty()
+        checkpoint = self.parts_dir / STAT_CHECKPOINT
+        if checkpoint.is_file():
+            try:
+                with np.load(checkpoint, allow_pickle=False) as data:
+                    newer = StatRecord(data["paths"].tolist(), data["keys"].tolist(), data["stats"])
+            except (OSError, ValueError, KeyError):
+                newer = StatRecord.empty()  # damaged: its files are simply read again
+            record = record.updated(newer)
+        return record
+
+    def keep_stat_checkpoint(self, paths: Sequence[str], keys: Sequence[str], stats: np.ndarray) -> None:
+        """Durably keep what this run hashed before it embeds anything, so that a rerun after
+        ``kill -9`` does not read those files again (it would otherwise: the finished cache
+        does not list them yet)."""
+        if not len(paths):
+            return
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.parts_dir / STAT_CHECKPOINT) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, paths=np.asarray(list(paths), dtype=str), keys=np.asarray(list(keys), dtype="U64"),
+                         stats=np.asarray(stats, dtype=STAT_DTYPE))
+
     def add_part(
         self,
         keys: Sequence[str],
@@ -408,6 +440,7 @@ class CacheWriter:
             and not self._view_parts
             and (self._views_to_write or {}).get("count") == (self.existing_views or {}).get("count")
             and self._existing.attrs.get("content_digest") == digest
+            and (self._existing.attrs.get("_has_stat_record") or not any(f.stat for f in files))
         )
         views_missing = 0
         if not unchanged:
