@@ -29,7 +29,7 @@ from .hashing import ListingKeys, listing_keys
 from .runtimes import RuntimeOptions
 from .sanity import check_features
 from .staging import staged_cache
-from .storage import location
+from .storage import is_url, location
 
 DEFAULT_CACHE_DIR = Path("cache")
 FLATTEN_WARN_DIM = 8192
@@ -81,7 +81,9 @@ class EmbedReport:
     devices: int = 0  # how many devices ran it (MirroredStrategy when > 1)
     jit: bool = False
     rewritten: bool = False
-    cache_bytes: int = 0
+    cache_write: str = ""  # 'unchanged' | 'appended' | 'tables' | 'rewritten' (embedder.cache.writer.FinishResult)
+    cache_written_bytes: int = 0  # what this run's consolidation wrote
+    cache_bytes: int = 0  # the cache file and the segment files it maps
     elapsed_s: float = 0.0
     setup_s: float = 0.0  # importing TensorFlow and building the backbone
     embed_s: float = 0.0  # the embedding loop itself
@@ -189,7 +191,7 @@ def run_embedding(
 
     # A cache at a URL is written in a local staging folder and uploaded once finished.
     with staged_cache(cache_path, log) as local_cache, \
-            _open_writer(local_cache, resolved, options, extra_attrs) as writer:
+            _open_writer(local_cache, resolved, options, extra_attrs, not is_url(cache_path)) as writer:
         report.resumed_parts = writer.resumed_parts
         hashed = _hash_listing(listing, options.progress, None if options.rehash else writer.stat_record())
         report.hashed, report.hashed_bytes = hashed.hashed, hashed.hashed_bytes
@@ -246,6 +248,7 @@ def run_embedding(
     if report.views:
         report.views_missing = result.views_missing
     report.rewritten = result.rewritten
+    report.cache_write, report.cache_written_bytes = result.mode, result.written_bytes
     report.cache_bytes = result.size_bytes
     report.skipped = [{"path": f.path, "reason": f.reason} for f in failures]
     report.elapsed_s = time.perf_counter() - started
@@ -276,10 +279,11 @@ def _resolve_for_cache(config: BackboneConfig, options: EmbedOptions, log: Calla
 
 
 @contextlib.contextmanager
-def _open_writer(path, resolved: ResolvedBackbone, options: EmbedOptions, extra_attrs: dict):
-    """The cache writer; a fingerprint mismatch caused by an unknown ``--layer`` names the layer."""
+def _open_writer(path, resolved: ResolvedBackbone, options: EmbedOptions, extra_attrs: dict, segments: bool):
+    """The cache writer; a fingerprint mismatch caused by an unknown ``--layer`` names the layer.
+    ``segments``: a big cache may gain rows as segment files (not one uploaded to a URL as one file)."""
     try:
-        writer = CacheWriter(path, resolved.fingerprint, options.dtype, extra_attrs).__enter__()
+        writer = CacheWriter(path, resolved.fingerprint, options.dtype, extra_attrs, segments=segments).__enter__()
     except CacheError as exc:
         if resolved.config.layer and "layer:" in str(exc):
             build_backbone(resolved)  # raises "--layer X is not a layer of the backbone (close: ...)"

@@ -21,6 +21,7 @@ from ..errors import CacheError
 from ..filestat import STAT_DTYPE, StatRecord
 from ..storage import is_url, location
 from .schema import COPY_ROWS, FORMAT_VERSION, PART_RE, REQUIRED_DATASETS, parts_dir_for
+from .segments import check_sources
 
 
 @dataclass
@@ -202,6 +203,8 @@ def open_cache(path: str | os.PathLike) -> Cache:
         features = h5["embeddings/features"]
         if features.ndim != 2:
             raise CacheError(f"{path}: /embeddings/features must be 2-D, is {features.shape}")
+        if features.is_virtual:  # segments (or --virtual merge shards): all there, or a clear error
+            check_sources(path, h5)
         failure_keys = h5["failures/keys"] if "failures/keys" in h5 else None
         cache = Cache(
             path=path,
