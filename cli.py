@@ -237,6 +237,8 @@ def embed_run(
                                         default_text="as many as the cache holds")] = None,
     views_seed: Annotated[Optional[int], Opt("--views-seed", help="Seed of the views.",
                                              default_text="the cache's own, or 0")] = None,
+    rehash: Annotated[bool, Opt("--rehash", help="Read and hash every file, even those whose size, times and "
+                                "inode say they are unchanged since the last run.")] = False,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -254,7 +256,7 @@ def embed_run(
                            batch_size=parse_batch_size(batch_size, defaults.EMBED_BATCH_SIZE), manifest=manifest,
                            parallelism=workers, runtime=runtime, pixel_limit=max_pixels,
                            shard=parse_shard(shard) if shard else None, jit=jit, devices=parse_devices(devices),
-                           views=views, views_seed=views_seed, progress=not quiet and not as_json)
+                           views=views, views_seed=views_seed, rehash=rehash, progress=not quiet and not as_json)
     report = run_embedding(images, config, options, log=_log(quiet, as_json))
     if as_json:
         _emit_json(report.to_dict())

@@ -3,15 +3,22 @@
 So renaming or moving a file costs nothing, and the same bytes under two names are
 embedded once. Hashing reads every file, so it runs on a small thread pool (hashlib
 releases the GIL on large buffers) and reports unreadable files instead of failing.
+:func:`listing_keys` reads only the files whose stat changed since the last run
+(:mod:`embedder.filestat`): an unchanged rerun reads no image at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
+from .filestat import StatRecord, now_ns, stat_files
 from .storage import is_url, open_file
 
 KEY_ALGORITHM = "sha256"
@@ -65,3 +72,60 @@ def hash_files(
 def key_of_bytes(data: bytes) -> str:
     """The content key of bytes already in memory (the engine hashes what it decodes)."""
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ListingKeys:
+    """The key of every listed file, and how each was obtained."""
+
+    keys: list  # str, or the OSError that kept the file from being read
+    stats: np.ndarray  # [n] filestat.STAT_DTYPE: the stat record to keep for each file
+    hashed: int = 0  # files read and hashed
+    hashed_bytes: int = 0
+    unchanged: int = 0  # files whose key came from the stat record (not read)
+    racy: int = 0  # files read again because their record was taken too soon after a change
+    read: np.ndarray | None = None  # [n] bool: which files were read and hashed (successfully)
+
+
+def listing_keys(root, relative: Sequence[str], record: StatRecord | None = None, workers: int = 8,
+                 on_done: Callable[[int], None] | None = None) -> ListingKeys:
+    """Keys of ``root / p`` for each relative path ``p``: from ``record`` where the file's stat
+    says it is unchanged (see :mod:`embedder.filestat`), else by reading and hashing it.
+
+    Every file is stat-ed *before* it is read, so the record pairs a key with a stat at least as
+    old as the bytes hashed: a change during the read shows as a changed stat next time.
+    ``record`` None (``--rehash``): every file is read.
+    """
+    if is_url(root):
+        paths = [root / p for p in relative]
+    else:  # plain strings: joining 100k pathlib paths took seconds of a no-op rerun's time
+        base = os.fspath(root)
+        paths = [os.path.join(base, p) for p in relative]
+    remote = bool(paths) and is_url(paths[0])
+    checked = now_ns()  # before any stat: the racy rule compares file times with this
+    stats, errors = stat_files(paths, max(workers, REMOTE_WORKERS) if remote else workers)
+    stats["checked_ns"] = checked
+    found, racy = (record or StatRecord.empty()).match(relative, stats)
+    result = ListingKeys(keys=[None] * len(paths), stats=stats, racy=int(racy.sum()))
+    for i, exc in errors.items():
+        result.keys[i] = exc
+        found[i] = -1
+    reused = np.flatnonzero(found >= 0)
+    for i in reused:
+        result.keys[i] = record.keys[found[i]]
+    if len(reused):
+        stats[reused] = record.stats[found[reused]]  # when the kept record was taken, not now
+    result.unchanged = int(len(reused))
+    if on_done is not None and result.unchanged + len(errors):
+        on_done(result.unchanged + len(errors))
+    todo = [i for i in range(len(paths)) if result.keys[i] is None]
+    result.read = np.zeros(len(paths), dtype=bool)
+    for i, key in zip(todo, hash_files([paths[i] for i in todo], workers, on_done)):
+        result.keys[i] = key
+        if isinstance(key, OSError):
+            stats["size"][i] = -1
+        else:
+            result.read[i] = True
+            result.hashed += 1
+            result.hashed_bytes += int(stats["size"][i])
+    return result

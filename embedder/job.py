@@ -27,7 +27,8 @@ from .discovery import UNLABELED, Listing, discover
 from .engine import CHANGED, DEFAULT_BATCH_SIZE, Engine, Source
 from .errors import EXIT_ATTENTION, EXIT_OK, CacheError, UsageError
 from .fingerprint import describe, fingerprint_id
-from .hashing import hash_files
+from .hashing import ListingKeys, listing_keys
+from .progress import progress_bar
 from .runtimes import RuntimeOptions
 from .sanity import check_features
 from .storage import location
@@ -54,6 +55,7 @@ class EmbedOptions:
     devices: str | list[int] | None = None  # None: one device; 'all' or indices: MirroredStrategy
     views: int | None = None  # augmented views per image; None: as many as the cache holds (0 if new)
     views_seed: int | None = None  # None: the cache's own seed, else 0
+    rehash: bool = False  # read every file, even those whose stat record says unchanged
     progress: bool = True
 
 
@@ -67,6 +69,10 @@ class EmbedReport:
     rows: int = 0  # distinct contents in the cache
     embedded: int = 0  # rows computed by this run
     reused: int = 0  # files whose bytes were already embedded (or failed) before
+    hashed: int = 0  # files read and hashed to find their keys
+    hashed_bytes: int = 0
+    unchanged: int = 0  # files not read: their stat record says they are as the last run saw them
+    racy: int = 0  # files read again because they changed too shortly before their last run
     resumed_parts: int = 0  # part files an interrupted run had left
     duplicates: int = 0  # files whose bytes another file of this run also has
     skipped: list[dict] = field(default_factory=list)  # {path, reason}
@@ -78,7 +84,9 @@ class EmbedReport:
     devices: int = 0  # how many devices ran it (MirroredStrategy when > 1)
     jit: bool = False
     rewritten: bool = False
-    cache_bytes: int = 0
+    cache_write: str = ""  # 'unchanged' | 'appended' | 'tables' | 'rewritten' (embedder.cache.writer.FinishResult)
+    cache_written_bytes: int = 0  # what this run's consolidation wrote
+    cache_bytes: int = 0  # the cache file and the segment files it maps
     elapsed_s: float = 0.0
     setup_s: float = 0.0  # importing TensorFlow and building the backbone
     embed_s: float = 0.0  # the embedding loop itself
@@ -204,14 +212,17 @@ def run_embedding(
 
     # A cache at a URL is written in a local staging folder and uploaded once finished.
     with target.staged(log) as local_cache, \
-            _open_writer(local_cache, resolved, options, extra_attrs) as writer:
+            _open_writer(local_cache, resolved, options, extra_attrs, not target.is_url) as writer:
         report.resumed_parts = writer.resumed_parts
-        keys = _hash_listing(listing, options.progress)
+        hashed = _hash_listing(listing, options.progress, None if options.rehash else writer.stat_record())
+        report.hashed, report.hashed_bytes = hashed.hashed, hashed.hashed_bytes
+        report.unchanged, report.racy = hashed.unchanged, hashed.racy
+        stats = hashed.stats.tolist()
         failures: list[Failure] = [Failure(path, reason) for path, reason in listing.missing]
         records: list[FileRecord] = []
         label_index = listing.label_index()
         todo: dict[str, str] = {}  # key -> a path to decode it from
-        for image, key in zip(listing.files, keys):
+        for image, key, stat in zip(listing.files, hashed.keys, stats):
             if isinstance(key, OSError):
                 failures.append(Failure(image.path, f"unreadable: {key.strerror or key}"))
                 continue
@@ -221,8 +232,10 @@ def run_embedding(
             elif key not in todo:
                 todo[key] = image.path
             label = label_index[image.label] if image.label is not None else UNLABELED
-            records.append(FileRecord(image.path, key, label, image.split))
+            records.append(FileRecord(image.path, key, label, image.split, stat))
 
+        if todo:  # a rerun after kill -9 need not read these files again
+            _keep_stat_checkpoint(writer, listing, hashed)
         engine = _JobEngine(resolved, options, report, log)
         transient: dict[str, str] = {}  # key -> why its file could not be used this time (not kept as known)
         if todo:
@@ -233,7 +246,7 @@ def run_embedding(
         kept: list[FileRecord] = []
         for record in records:
             if record.key in failed_keys:
-                failures.append(Failure(record.path, failed_keys[record.key], record.key))
+                failures.append(Failure(record.path, failed_keys[record.key], record.key, record.stat))
             elif record.key in transient and record.key not in writer.known_keys:
                 failures.append(Failure(record.path, transient[record.key]))  # no key: the next run tries again
             else:
@@ -252,6 +265,7 @@ def run_embedding(
     if report.views:
         report.views_missing = result.views_missing
     report.rewritten = result.rewritten
+    report.cache_write, report.cache_written_bytes = result.mode, result.written_bytes
     report.cache_bytes = result.size_bytes
     report.skipped = [{"path": f.path, "reason": f.reason} for f in failures]
     report.elapsed_s = time.perf_counter() - started
@@ -282,10 +296,11 @@ def _resolve_for_cache(config: BackboneConfig, target: CacheLocation | None,
 
 
 @contextlib.contextmanager
-def _open_writer(path, resolved: ResolvedBackbone, options: EmbedOptions, extra_attrs: dict):
-    """The cache writer; a fingerprint mismatch caused by an unknown ``--layer`` names the layer."""
+def _open_writer(path, resolved: ResolvedBackbone, options: EmbedOptions, extra_attrs: dict, segments: bool):
+    """The cache writer; a fingerprint mismatch caused by an unknown ``--layer`` names the layer.
+    ``segments``: a big cache may gain rows as segment files (not one uploaded to a URL as one file)."""
     try:
-        writer = CacheWriter(path, resolved.fingerprint, options.dtype, extra_attrs).__enter__()
+        writer = CacheWriter(path, resolved.fingerprint, options.dtype, extra_attrs, segments=segments).__enter__()
     except CacheError as exc:
         if resolved.config.layer and "layer:" in str(exc):
             build_backbone(resolved)  # raises "--layer X is not a layer of the backbone (close: ...)"
@@ -302,13 +317,18 @@ def _source(value: str) -> str:
     return str(path.resolve()) if path.is_file() else value
 
 
-def _hash_listing(listing: Listing, progress: bool) -> list:
-    from tqdm import tqdm
+def _hash_listing(listing: Listing, progress: bool, record=None) -> ListingKeys:
+    """Every listed file's key: read and hashed, unless ``record`` (the cache's stat record)
+    shows the file unchanged since the run that recorded it (:mod:`embedder.filestat`)."""
+    relative = [f.path for f in listing.files]
+    with progress_bar(len(relative), "hashing", progress and len(relative) >= 2000, unit="file") as bar:
+        return listing_keys(listing.root, relative, record, on_done=bar.update)
 
-    paths = [listing.root / f.path for f in listing.files]
-    with tqdm(total=len(paths), desc="hashing", unit="file", disable=not progress or len(paths) < 2000,
-              leave=False) as bar:
-        return hash_files(paths, on_done=bar.update)
+
+def _keep_stat_checkpoint(writer: CacheWriter, listing: Listing, hashed: ListingKeys) -> None:
+    read = np.flatnonzero(hashed.read) if hashed.read is not None else []
+    writer.keep_stat_checkpoint([listing.files[i].path for i in read], [hashed.keys[i] for i in read],
+                                hashed.stats[read])
 
 
 class _JobEngine:
@@ -360,7 +380,6 @@ def _embed_new(writer: CacheWriter, job: _JobEngine, root: Path, todo: dict[str,
     key, so later runs do not try again; failures of the moment (the file changed or vanished
     since it was hashed) go to ``transient``: reported now, retried next time.
     """
-    from .progress import progress_bar
 
     engine = job.get()
     resolved, options, report, log = job.resolved, job.options, job.report, job.log
@@ -405,7 +424,6 @@ def _embed_views(writer: CacheWriter, job: _JobEngine, root: Path, kept: list[Fi
     (with the cache's own seed), so every row that still has a file ends up with all K.
     """
     from .augment import DEFAULT_AUGMENTATION, view_seeds
-    from .progress import progress_bar
 
     options, report, log = job.options, job.report, job.log
     existing = writer.existing_views

@@ -43,6 +43,9 @@ def embed_run(report) -> Summary:
         s.out.append(f"views: {report.views} per image (seed {report.views_seed}){missing}")
     s.out.append(f"reused {report.reused:,}; skipped {len(report.skipped):,}; "
                  f"total {report.elapsed_s:.1f} s")
+    if report.unchanged:
+        s.out.append(f"read and hashed {plural(report.hashed, 'file')} ({report.hashed_bytes / 1e6:,.1f} MB); "
+                     f"{report.unchanged:,} unchanged since the last run were not read (--rehash reads them)")
     extra = f", {plural(report.duplicates, 'duplicate file')}" if report.duplicates else ""
     s.out.append(f"cache: {report.cache_path} ({plural(report.rows, 'row')} for {plural(report.files, 'file')}"
                  f"{extra}, {report.cache_bytes / 1e6:.1f} MB)")

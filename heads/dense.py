@@ -70,8 +70,9 @@ def build_dense_head(dim: int, num_classes: int, hidden=(1024,), dropout: float 
 
 def predict_keras(model, features: np.ndarray, chunk: int = _EVAL_CHUNK) -> np.ndarray:
     """Probabilities [N, C] from a Keras head, in bounded chunks."""
-    features = np.asarray(features, dtype=np.float32)
-    outputs = [np.asarray(model(features[i:i + chunk], training=False)) for i in range(0, len(features), chunk)]
+    features = np.asarray(features)  # cast a chunk at a time (float16 from a cache)
+    outputs = [np.asarray(model(features[i:i + chunk].astype(np.float32, copy=False), training=False))
+               for i in range(0, len(features), chunk)]
     if not outputs:
         return np.zeros((0, int(model.outputs[0].shape[-1])), dtype=np.float32)
     return np.concatenate(outputs).astype(np.float32, copy=False)
@@ -123,7 +124,9 @@ def train_dense(
     l2 = float(l2)
     variables = model.trainable_variables
 
-    x_all = tf.constant(np.asarray(x_train, dtype=np.float32))
+    # The features stay in their dtype (float16 from a cache) and are cast a batch at a time:
+    # at a million rows a float32 copy would be 4 GB more.
+    x_all = tf.constant(np.asarray(x_train))
     y_all = tf.one_hot(np.asarray(y_train, dtype=np.int32), num_classes)
     weights = np.ones(n, dtype=np.float32) if class_weights is None else np.asarray(class_weights, np.float32)[y_train]
     w_all = tf.constant(weights)
@@ -140,7 +143,7 @@ def train_dense(
         correct = tf.constant(0.0)
         for step in tf.range(steps):
             idx = order[step * batch:(step + 1) * batch]
-            xb, yb, wb = tf.gather(x_all, idx), tf.gather(y_all, idx), tf.gather(w_all, idx)
+            xb, yb, wb = tf.cast(tf.gather(x_all, idx), tf.float32), tf.gather(y_all, idx), tf.gather(w_all, idx)
             rows = tf.cast(tf.shape(idx)[0], tf.float32)
             with tf.GradientTape() as tape:
                 probs = model(xb, training=True)
@@ -157,13 +160,14 @@ def train_dense(
         correct = tf.reduce_sum(tf.cast(tf.argmax(probs, 1) == tf.argmax(yb, 1), tf.float32))
         return tf.reduce_sum(loss_fn(yb, probs)), correct
 
-    x_val = np.asarray(x_val, dtype=np.float32)
+    x_val = np.asarray(x_val)
     y_val_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(y_val, dtype=np.int64)]
 
     def validate():
         total, correct = 0.0, 0.0
         for i in range(0, len(x_val), _EVAL_CHUNK):
-            loss_sum, hits = eval_chunk(tf.constant(x_val[i:i + _EVAL_CHUNK]), tf.constant(y_val_hot[i:i + _EVAL_CHUNK]))
+            loss_sum, hits = eval_chunk(tf.constant(x_val[i:i + _EVAL_CHUNK], dtype=tf.float32),
+                                        tf.constant(y_val_hot[i:i + _EVAL_CHUNK]))
             total, correct = total + float(loss_sum), correct + float(hits)
         count = max(len(x_val), 1)
         return total / count + float(penalty()), correct / count

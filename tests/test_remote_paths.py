@@ -252,11 +252,11 @@ def test_a_cache_changed_at_the_url_meanwhile_is_not_overwritten(tmp_path, ram, 
     gfile = _gfile()
     real_hash = job._hash_listing
 
-    def another_machine_writes(listing, progress):
+    def another_machine_writes(listing, *args):
         gfile.remove(url)  # someone else's version of the cache appears meanwhile (ram:// appends
         with gfile.GFile(url, "wb") as fh:  # to an existing file: remove it first)
             fh.write(b"x" * 10)
-        return real_hash(listing, progress)
+        return real_hash(listing, *args)
 
     monkeypatch.setattr(job, "_hash_listing", another_machine_writes)
     save_image(tmp_path / "new.jpg", photo_like(np.random.default_rng(11), (48, 48)))

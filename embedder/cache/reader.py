@@ -18,9 +18,11 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
+from ..filestat import STAT_DTYPE, StatRecord
 from ..storage import location
 from .location import CacheLocation
 from .schema import COPY_ROWS, FORMAT_VERSION, PART_RE, REQUIRED_DATASETS, parts_dir_for
+from .segments import check_sources
 
 
 @dataclass
@@ -82,6 +84,25 @@ class Cache:
     def file_features(self, dtype: str = "float32") -> np.ndarray:
         """One feature row per file (``[M, D]``), in the order of :attr:`paths`."""
         return self.load_features(dtype)[self.rows]
+
+    def stat_record(self) -> StatRecord:
+        """What the last run saw of each listed file (and of each failure with a key): its key
+        and stat, for :func:`embedder.hashing.listing_keys`. A cache made before stat records
+        were kept (or whose record does not fit its tables) gives an empty record: the next
+        run reads every file once, and keeps their stats."""
+        failure_keys = list(self.attrs.get("_failure_keys") or [])
+        with open_h5(self._file) as h5:
+            files = _stat_table(h5, "files/stat", len(self.paths))
+            failures = _stat_table(h5, "failures/stat", len(self.failure_paths))
+        if files is None:
+            return StatRecord.empty()
+        paths, keys, stats = list(self.paths), list(self.keys[self.rows]) if len(self.rows) else [], [files]
+        if failures is not None and len(failure_keys) == len(self.failure_paths):
+            keyed = [i for i, k in enumerate(failure_keys) if k]
+            paths += [self.failure_paths[i] for i in keyed]
+            keys += [failure_keys[i] for i in keyed]
+            stats.append(failures[keyed])
+        return StatRecord(paths, keys, np.concatenate(stats))
 
     @property
     def num_views(self) -> int:
@@ -179,6 +200,8 @@ def open_cache(where: "CacheLocation | str | os.PathLike") -> Cache:
         features = h5["embeddings/features"]
         if features.ndim != 2:
             raise CacheError(f"{path}: /embeddings/features must be 2-D, is {features.shape}")
+        if features.is_virtual:  # segments (or --virtual merge shards): all there, or a clear error
+            check_sources(path, h5)
         failure_keys = h5["failures/keys"] if "failures/keys" in h5 else None
         cache = Cache(
             path=path,
@@ -197,6 +220,7 @@ def open_cache(where: "CacheLocation | str | os.PathLike") -> Cache:
             feature_dtype=str(features.dtype),
         )
         cache.attrs["_failure_keys"] = [] if failure_keys is None else [str(k) for k in _str_array(failure_keys)]
+        cache.attrs["_has_stat_record"] = "files/stat" in h5
         cache.views = _views_record(path, attrs, h5, cache.feature_shape)
     _check_consistency(cache)
     return cache
@@ -216,6 +240,13 @@ def _views_record(path: Path, attrs: dict, h5: h5py.File, feature_shape: tuple[i
     if views is None or done is None or tuple(views.shape) != expected or tuple(done.shape) != expected[:2]:
         raise CacheError(f"{path}: /embeddings/views does not match its 'views' attribute ({expected})")
     return record
+
+
+def _stat_table(h5: h5py.File, name: str, length: int) -> np.ndarray | None:
+    data = h5.get(name)
+    if not isinstance(data, h5py.Dataset) or data.shape != (length,) or data.dtype != STAT_DTYPE:
+        return None
+    return data[...]
 
 
 def _check_consistency(cache: Cache) -> None:

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..filestat import NO_STAT, STAT_DTYPE, settled
 from ..fingerprint import Fingerprint, canonical_json, describe
 
 if TYPE_CHECKING:
@@ -69,6 +70,14 @@ def write_tables(h5: h5py.File, row_keys: Sequence[str], key_to_row: Mapping[str
     h5.create_dataset("failures/paths", data=strings(f.path for f in failures), dtype=STR_DTYPE)
     h5.create_dataset("failures/reasons", data=strings(f.reason for f in failures), dtype=STR_DTYPE)
     h5.create_dataset("failures/keys", data=strings(f.key for f in failures), dtype=STR_DTYPE)
+    h5.create_dataset("files/stat", data=stat_table(files))
+    h5.create_dataset("failures/stat", data=stat_table(failures))
+
+
+def stat_table(entries) -> np.ndarray:
+    """``/files/stat`` (or ``/failures/stat``): each entry's stat record (:mod:`embedder.filestat`),
+    size -1 where it has none."""
+    return np.array([e.stat if e.stat is not None else NO_STAT for e in entries], dtype=STAT_DTYPE)
 
 
 def write_root_attrs(h5: h5py.File, fingerprint: Fingerprint, dtype: str, images_root: str, digest: str,
@@ -93,7 +102,11 @@ def write_root_attrs(h5: h5py.File, fingerprint: Fingerprint, dtype: str, images
 
 
 def content_digest(files, classes, failures, images_root, num_rows) -> str:
-    """A digest of everything but the features, to skip rewriting an unchanged cache."""
+    """A digest of everything but the features, to skip rewriting an unchanged cache.
+
+    It covers the stat records too (a touched file keeps its key but needs its new stat kept,
+    or every later run reads it again), but of ``checked_ns`` only whether the record is
+    settled: a racy record read again and still racy changes nothing worth a rewrite."""
     h = hashlib.sha256()
     h.update(f"{images_root}\0{num_rows}\0".encode())
     for name in classes:
@@ -102,6 +115,12 @@ def content_digest(files, classes, failures, images_root, num_rows) -> str:
         h.update(f"f\0{f.path}\0{f.key}\0{f.label}\0{f.split}\0".encode())
     for f in failures:
         h.update(f"x\0{f.path}\0{f.key}\0{f.reason}\0".encode())
+    for entries in (files, failures):
+        table = stat_table(entries)
+        ok = settled(table)
+        table["checked_ns"] = 0
+        h.update(table.tobytes())
+        h.update(ok.tobytes())
     return h.hexdigest()
 
 

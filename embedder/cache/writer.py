@@ -6,6 +6,10 @@ the end all rows are consolidated into a new file that atomically replaces the o
 only then are the parts removed. After ``kill -9`` at any instant a reader still sees the
 previous complete cache (or none), and a rerun finds the finished parts and embeds only
 what is missing. One writer at a time: a second one fails clearly (:mod:`embedder.locking`).
+
+Consolidating a big cache (``segments=True``) that only gains rows writes just the new rows,
+into a segment file, and a new small cache file that maps all the segments
+(:mod:`.segments`): O(new rows), with the same guarantees.
 """
 
 from __future__ import annotations
@@ -22,17 +26,23 @@ import numpy as np
 
 from ..atomic import atomic_path, fsync_dir, remove_stale_temps, write_text_atomic
 from ..errors import CacheError
+from ..filestat import STAT_DTYPE, StatRecord
 from ..fingerprint import Fingerprint, canonical_json, require_same
 from ..locking import FileLock
 from ..storage import location
-from .finite import find_nonfinite
+from .finite import RECORD_ATTR, locate_nonfinite, nonfinite_mask
 from .reader import Cache, open_cache, open_h5
 from .schema import (
     COPY_ROWS, PART_RE, STORAGE_DTYPES, VIEWS_PART_RE, content_digest, lock_path_for, now, parts_dir_for,
     write_root_attrs, write_tables,
 )
+from .segments import (
+    FEATURES, MAX_SEGMENTS, SEGMENT_BYTES, SEGMENT_MIN_BYTES, Segment, adopt_as_segment, collect_garbage,
+    feature_segments, relative_name, segment_layout, segments_bytes, write_segment,
+)
 
 _CHUNK_BYTES = 1 << 20
+STAT_CHECKPOINT = "stats.npz"  # in the parts folder: keys and stats an interrupted run had hashed
 
 
 @dataclass
@@ -43,6 +53,7 @@ class FileRecord:
     key: str
     label: int  # -1 unlabeled
     split: str
+    stat: tuple | None = None  # its stat record (embedder.filestat.STAT_FIELDS); None: none kept
 
 
 @dataclass
@@ -50,15 +61,21 @@ class Failure:
     path: str
     reason: str
     key: str = ""  # '' when the bytes could not even be read
+    stat: tuple | None = None  # with a key: its stat record, so a rerun need not read it again
 
 
 @dataclass
 class FinishResult:
-    rewritten: bool
+    rewritten: bool  # anything written (False: the cache was unchanged)
     num_rows: int
     num_files: int
-    size_bytes: int
+    size_bytes: int  # the cache file and the segments it maps
     views_missing: int = 0  # rows lacking some of their augmented views (their files are gone)
+    # 'unchanged' | 'appended' (new rows in a segment) | 'tables' (no new rows: only the tables written,
+    # the segments kept) | 'rewritten' (one whole file)
+    mode: str = "unchanged"
+    written_bytes: int = 0  # bytes of the files this consolidation wrote
+    segments: int = 0  # segment files the cache maps (0: its features are in the file itself)
 
 
 @dataclass
@@ -91,13 +108,19 @@ class CacheWriter:
         fingerprint: Fingerprint,
         dtype: str = "float16",
         extra_attrs: Mapping[str, object] | None = None,
+        segments: bool = False,
+        rescan: bool = False,
     ):
+        """``segments``: a big cache that only gains rows may keep its features in segment files
+        (off for a cache that is uploaded as one file). ``rescan``: scan the features for NaN/inf
+        even where the cache's record says where they are."""
         if dtype not in STORAGE_DTYPES:
             raise CacheError(f"unsupported cache dtype {dtype!r}; use float16 or float32")
         self.path = Path(path)
         self.fingerprint = dict(fingerprint)
         self.dtype = dtype
         self.extra_attrs = dict(extra_attrs or {})
+        self.segments, self.rescan = segments, rescan
         self.parts_dir = parts_dir_for(self.path)
         self._lock: FileLock | None = None
         self._existing: Cache | None = None
@@ -108,6 +131,7 @@ class CacheWriter:
         self._done_views: set[tuple[str, int]] = set()  # (key, view) in view parts
         self._existing_views_done: np.ndarray | None = None  # less the views that hold NaN/inf
         self._stale_rows = np.zeros(0, np.int64)  # rows of the finished cache holding NaN/inf
+        self._existing_segments: list[Segment] | None = None  # the segments its features are mapped from
         self._existing_rows: dict[str, int] = {}
         self._next_part = 0
         self._dim: int | None = None
@@ -152,7 +176,7 @@ class CacheWriter:
             self._existing = existing
             # Rows and views holding NaN/inf are not known: the job embeds them again and
             # consolidation replaces them (what `embed info` advises).
-            nonfinite = find_nonfinite(existing)
+            nonfinite, _ = locate_nonfinite(existing, rescan=self.rescan)
             self._stale_rows = nonfinite.rows
             stale_keys = {str(existing.keys[r]) for r in nonfinite.rows}
             self.known_keys.update(str(k) for k in existing.keys if str(k) not in stale_keys)
@@ -166,6 +190,12 @@ class CacheWriter:
             for key, reason in zip(existing.attrs["_failure_keys"], existing.failure_reasons):
                 if key:
                     self.known_failures[key] = reason
+        mapped = None
+        if self._existing is not None:
+            with open_h5(self._existing.path) as h5:
+                mapped = feature_segments(h5)
+        self._existing_segments = mapped
+        collect_garbage(self.path, mapped)
         if self.parts_dir.is_dir():
             remove_stale_temps(self.parts_dir)
             stamp = self.parts_dir / "fingerprint.json"
@@ -242,6 +272,34 @@ class CacheWriter:
         """(images, views) in part files so far; read before a run adds any, what an interrupted
         run had done (where a resumed job's progress bars start)."""
         return sum(len(p.keys) + len(p.failed) for p in self._parts), len(self._done_views)
+
+    # -- stat records ------------------------------------------------------------------
+
+    def stat_record(self) -> StatRecord:
+        """Keys and stats of the files the cache lists, updated by the checkpoint an
+        interrupted run left (:meth:`keep_stat_checkpoint`): what a rerun need not read again."""
+        record = self._existing.stat_record() if self._existing is not None else StatRecord.empty()
+        checkpoint = self.parts_dir / STAT_CHECKPOINT
+        if checkpoint.is_file():
+            try:
+                with np.load(checkpoint, allow_pickle=False) as data:
+                    newer = StatRecord(data["paths"].tolist(), data["keys"].tolist(), data["stats"])
+            except (OSError, ValueError, KeyError):
+                newer = StatRecord.empty()  # damaged: its files are simply read again
+            record = record.updated(newer)
+        return record
+
+    def keep_stat_checkpoint(self, paths: Sequence[str], keys: Sequence[str], stats: np.ndarray) -> None:
+        """Durably keep what this run hashed before it embeds anything, so that a rerun after
+        ``kill -9`` does not read those files again (it would otherwise: the finished cache
+        does not list them yet)."""
+        if not len(paths):
+            return
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.parts_dir / STAT_CHECKPOINT) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, paths=np.asarray(list(paths), dtype=str), keys=np.asarray(list(keys), dtype="U64"),
+                         stats=np.asarray(stats, dtype=STAT_DTYPE))
 
     def add_part(
         self,
@@ -414,17 +472,26 @@ class CacheWriter:
             and not self._view_parts
             and (self._views_to_write or {}).get("count") == (self.existing_views or {}).get("count")
             and self._existing.attrs.get("content_digest") == digest
+            and (self._existing.attrs.get("_has_stat_record") or not any(f.stat for f in files))
         )
-        views_missing = 0
+        views_missing, mode, written = 0, "unchanged", 0
         if not unchanged:
-            views_missing = self._write_consolidated(row_keys, key_to_row, files, classes, failures, images_root,
-                                                     digest)
+            args = (row_keys, key_to_row, files, classes, failures, images_root, digest)
+            written = self._append_consolidated(*args) if self._can_append(row_keys, key_to_row) else None
+            if written is not None:
+                mode = "appended" if len(row_keys) > self._existing.num_rows else "tables"
+            else:
+                views_missing = self._write_consolidated(*args)
+                mode, written = "rewritten", self.path.stat().st_size
         elif self._existing_views_done is not None:
             views_missing = int(np.sum(~self._existing_views_done.all(axis=1)))
         self._drop_parts()
-        size = self.path.stat().st_size
+        with open_h5(self.path) as h5:
+            segments = feature_segments(h5)
+        size = self.path.stat().st_size + segments_bytes(self.path, segments)
         return FinishResult(rewritten=not unchanged, num_rows=len(row_keys), num_files=len(files), size_bytes=size,
-                            views_missing=views_missing)
+                            views_missing=views_missing, mode=mode, written_bytes=written,
+                            segments=len(segments or []))
 
     def _row_keys(self) -> list[str]:
         keys = [str(k) for k in self._existing.keys] if self._existing is not None else []
@@ -437,19 +504,22 @@ class CacheWriter:
         return keys
 
     def _write_consolidated(self, row_keys, key_to_row, files, classes, failures, images_root, digest) -> int:
-        """Write the new cache file; returns how many rows lack some of their views."""
+        """Write the new cache file, features and all; returns how many rows lack some of their views."""
         n = len(row_keys)
         dim = self._dim or 0
+        bad = np.zeros(n, dtype=bool)  # rows written holding NaN/inf: the record readers trust
         with atomic_path(self.path) as tmp:
             with h5py.File(tmp, "w") as h5:
                 features = _create_features(h5, n, dim, self.dtype)
                 written = np.zeros(n, dtype=bool)
                 if self._existing is not None and self._existing.num_rows:
-                    with h5py.File(self._existing.path, "r") as old:
-                        src = old["embeddings/features"]
+                    with open_h5(self._existing.path) as old:
+                        src = old[FEATURES]
                         for start in range(0, src.shape[0], COPY_ROWS):
                             stop = min(start + COPY_ROWS, src.shape[0])
-                            features[start:stop] = src[start:stop]
+                            block = src[start:stop]
+                            features[start:stop] = block
+                            bad[start:stop] = nonfinite_mask(block)
                         written[: src.shape[0]] = True
                     written[self._stale_rows] = False  # NaN/inf: replaced by a part's row if one has it
                 stale = np.zeros(n, dtype=bool)
@@ -474,13 +544,94 @@ class CacheWriter:
                         for r, vec in zip(rows, block):
                             features[r] = vec
                     written[rows] = True
+                    bad[rows] = nonfinite_mask(block)
                 if not (written | stale).all():  # a stale row no part replaced keeps its old values
                     raise CacheError("internal: consolidation left rows without features")
                 write_tables(h5, row_keys, key_to_row, files, classes, failures)
                 write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
-                                 self.extra_attrs)
+                                 self._attrs_with_record([np.flatnonzero(bad)]))
                 views = self._views_to_write
                 return self._write_views(h5, row_keys, key_to_row, views) if views else 0
+
+    def _attrs_with_record(self, nonfinite: list[np.ndarray]) -> dict:
+        rows = np.unique(np.concatenate(nonfinite)) if nonfinite else np.zeros(0, np.int64)
+        return {**self.extra_attrs, RECORD_ATTR: json.dumps([int(r) for r in rows])}
+
+    # -- appending into segments ---------------------------------------------------------
+
+    def _can_append(self, row_keys: Sequence[str], key_to_row: Mapping[str, int]) -> bool:
+        """Whether this consolidation only adds rows to a big cache that may keep segments (or
+        adds none and changes only the tables): no row replaced, no views, and not too many
+        segments already."""
+        existing = self._existing
+        if not self.segments or existing is None or not existing.num_rows or existing.views or self._views_to_write:
+            return False
+        if self._dim != existing.dim or existing.feature_dtype != self.dtype:
+            return False
+        segments = self._existing_segments
+        if segments is None:
+            if existing.num_rows * existing.dim * np.dtype(self.dtype).itemsize < SEGMENT_MIN_BYTES:
+                return False  # small: rewriting it whole costs less than a second
+        elif not all(s.owned_by(self.path) for s in segments) or len(segments) >= MAX_SEGMENTS:
+            return False  # e.g. a --virtual merge over shards: rewritten whole, as before
+        stale = set(self._stale_rows.tolist())
+        return not any(key_to_row[k] in stale for part in self._parts for k in part.keys)
+
+    def _new_row_blocks(self, first: int, key_to_row: Mapping[str, int]):
+        """The parts' rows from ``first`` on, in row order, as arrays (parts list new rows in order)."""
+        expected = first
+        for part in self._parts:
+            if not part.keys:
+                continue
+            rows = np.fromiter((key_to_row[k] for k in part.keys), dtype=np.int64, count=len(part.keys))
+            take = np.flatnonzero(rows >= expected)
+            if not len(take):
+                continue
+            with np.load(part.path, allow_pickle=False) as data:
+                block = data["features"][take]
+            rows = rows[take]
+            _, once = np.unique(rows, return_index=True)  # each row once (the same bytes twice in a part)
+            rows, block = rows[once], block[once]
+            if rows[0] != expected or not np.array_equal(rows, np.arange(expected, expected + len(rows))):
+                raise CacheError("internal: the parts do not hold the new rows in order")
+            expected += len(rows)
+            yield block.astype(self.dtype, copy=False)
+
+    def _append_consolidated(self, row_keys, key_to_row, files, classes, failures, images_root, digest) -> int | None:
+        """Write the new rows (if any) as a segment and a new cache file mapping every segment;
+        returns the bytes written, or None where this filesystem cannot (no hard links):
+        rewrite whole. Without new rows (files moved or relabelled, stat records refreshed)
+        only the tables are written."""
+        n_old, n, dim = self._existing.num_rows, len(row_keys), self._dim
+        row_bytes = dim * np.dtype(self.dtype).itemsize
+        segments = list(self._existing_segments or [])
+        if not segments:
+            try:
+                base = adopt_as_segment(self.path)
+            except OSError:
+                return None
+            segments = [Segment(relative_name(self.path, base), n_old)]
+        nonfinite, segment = [self._stale_rows], None
+        new_rows = n - n_old
+        if new_rows:
+            blocks = self._new_row_blocks(n_old, key_to_row)
+            last = segments[-1]
+            if len(segments) > 1 and (last.rows + new_rows) * row_bytes <= SEGMENT_BYTES:
+                # The last segment is still small: one segment of its rows and the new ones.
+                segments.pop()
+                blocks = _chain(_read_blocks(last.path(self.path), last.dataset, last.rows), blocks)
+                new_rows += last.rows
+            segment = write_segment(self.path, blocks, new_rows, dim, self.dtype)
+            segments.append(Segment(relative_name(self.path, segment), new_rows))
+            nonfinite.append(n - new_rows + _nonfinite_rows_of(segment))
+        with atomic_path(self.path) as tmp:
+            with h5py.File(tmp, "w") as h5:
+                h5.create_virtual_dataset(FEATURES, segment_layout(self.path, segments, dim, self.dtype),
+                                          fillvalue=np.nan)
+                write_tables(h5, row_keys, key_to_row, files, classes, failures)
+                write_root_attrs(h5, self.fingerprint, self.dtype, images_root, digest, self._created(),
+                                 self._attrs_with_record(nonfinite))
+        return self.path.stat().st_size + (segment.stat().st_size if segment is not None else 0)
 
     def _created(self) -> str:
         if self._existing is not None and self._existing.attrs.get("created"):
@@ -496,6 +647,28 @@ class CacheWriter:
             self.parts_dir.rmdir()
         fsync_dir(self.path.parent)
         self._parts = []
+
+
+def _chain(*iterables):
+    for iterable in iterables:
+        yield from iterable
+
+
+def _read_blocks(path: Path, dataset: str, rows: int):
+    with h5py.File(path, "r") as h5:
+        data = h5[dataset]
+        for start in range(0, rows, COPY_ROWS):
+            yield data[start:min(start + COPY_ROWS, rows)]
+
+
+def _nonfinite_rows_of(segment: Path) -> np.ndarray:
+    """Rows of a segment just written that hold NaN/inf (its own numbering)."""
+    found = []
+    with h5py.File(segment, "r") as h5:
+        data = h5[FEATURES]
+        for start in range(0, data.shape[0], COPY_ROWS):
+            found.append(start + np.flatnonzero(nonfinite_mask(data[start:start + COPY_ROWS])))
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def _create_features(h5: h5py.File, n: int, dim: int, dtype: str) -> h5py.Dataset:

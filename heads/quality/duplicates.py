@@ -29,7 +29,7 @@ import numpy as np
 from headstart.embedder.errors import EXIT_ATTENTION, EXIT_OK, UsageError
 from headstart.embedder.progress import progress_bar
 
-from .inventory import Inventory, default_report_path, unit_features
+from .inventory import Inventory, default_report_path, unit_rows
 from .output import write_csv, write_report_gallery
 from .report import QualityReport
 from .similarity import JoinStats, similar_pairs
@@ -208,7 +208,7 @@ def find_duplicates(inv: Inventory, threshold: float | None = None, out: str | P
     if max_pairs < 0:
         raise UsageError(f"--max-pairs must be 0 or more, got {max_pairs}")
     out_path = Path(out) if out is not None else default_report_path(inv.cache, "duplicates.csv")
-    features = unit_features(inv.cache)
+    features = unit_rows(inv.cache)  # float16 as stored; float32 a block at a time
     choice: ThresholdChoice = given_threshold(given) if given is not None else calibrate_threshold(features, inv.seed)
     threshold = choice.value
     store = _PairStore(inv)

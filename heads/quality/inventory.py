@@ -19,13 +19,15 @@ from typing import Callable
 
 import numpy as np
 
-from headstart.embedder.cache import Cache, open_cache
+from headstart.embedder.cache import Cache, open_cache, open_h5
+from headstart.embedder.cache.finite import nonfinite_mask
 from headstart.embedder.defaults import CACHE_DIR, REPORTS_DIR
 from headstart.embedder.errors import UsageError
 
 from ..choose import resolve_cache
 from ..data import require_finite, require_rows, split_for
 from ..splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, SplitSpec, check_val_fraction
+from .rows import UnitRows
 
 Log = Callable[[str], None]
 
@@ -156,19 +158,31 @@ def other_paths(inv: Inventory, rows: np.ndarray, labels: np.ndarray, first: np.
 def unit_features(cache: Cache) -> np.ndarray:
     """All rows as float32 unit vectors (a zero row stays zero: it is similar to nothing).
 
-    The stored dtype is read as is and converted in row chunks, so a float16 cache costs its
-    float32 copy plus the float16 one, never a second float32 temporary.
-    """
-    raw = cache.load_features(cache.feature_dtype)
-    out = np.empty(raw.shape, dtype=np.float32)
-    for start in range(0, len(raw), _NORMALISE_ROWS):
-        block = raw[start:start + _NORMALISE_ROWS].astype(np.float32)
-        if not np.isfinite(block).all():
-            require_finite(raw, cache.path)  # raises, counting the bad rows
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
-        block /= np.where(norms > 0, norms, 1.0).astype(np.float32)[:, None]
-        out[start:start + len(block)] = block
+    Read a block of rows at a time straight into the float32 array: no copy of the stored
+    features besides it."""
+    rows = unit_rows(cache, stored=False)
+    out = np.empty(rows.shape, dtype=np.float32)
+    for start in range(0, len(rows), _NORMALISE_ROWS):
+        out[start:start + _NORMALISE_ROWS] = rows[start:start + _NORMALISE_ROWS]
     return out
+
+
+def unit_rows(cache: Cache, stored: bool = True) -> UnitRows:
+    """All rows as :class:`~.rows.UnitRows`: the stored values (float16: half the memory of
+    float32) normalised as they are read; checked finite. ``stored=False`` keeps the values as
+    float32 instead (for :func:`unit_features`, which converts them all anyway)."""
+    dtype = cache.feature_dtype if stored else "float32"
+    values = np.empty((cache.num_rows, cache.dim), dtype=dtype)
+    bad = 0
+    with open_h5(cache._file) as h5:
+        data = h5["embeddings/features"]
+        for start in range(0, cache.num_rows, _NORMALISE_ROWS):
+            block = data[start:start + _NORMALISE_ROWS]
+            bad += int(nonfinite_mask(block).sum())
+            values[start:start + len(block)] = block
+    if bad:
+        require_finite(np.full((bad, 1), np.nan, dtype=np.float32), cache.path)  # raises, with the count
+    return UnitRows.of(values)
 
 
 def raw_features(cache: Cache) -> np.ndarray:

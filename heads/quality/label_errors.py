@@ -27,13 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.embedder.cache import open_h5
+from headstart.embedder.cache.finite import nonfinite_mask
 from headstart.embedder.errors import UsageError
 from headstart.embedder.progress import progress_bar
 
+from ..data import require_finite
 from .inventory import (Inventory, default_report_path, labelled_units, other_paths, raw_features,
                         require_labels)
 from .output import write_csv, write_report_gallery
-from .pca import principal_axes
+from .pca import BASIS_ROWS, principal_axes
 from .report import QualityReport
 
 DEFAULT_FOLDS = 5
@@ -89,6 +92,52 @@ def _standardised_projection(features: np.ndarray, dims: int, seed: int) -> np.n
     return features @ axes[:, :dims].astype(np.float32)
 
 
+def standardised_projection(cache, dims: int, seed: int) -> np.ndarray:
+    """The label model's input: standardised features, projected on ``dims`` principal axes.
+
+    Small caches go through :func:`_standardised_projection` in memory. Big ones (over
+    :data:`FULL_WIDTH_VALUES` values, projected) are streamed from the file in two passes --
+    statistics, then standardise and project a block at a time -- so memory is the
+    ``N x dims`` result, not the features as float32 (5.1 GB at a million rows). The
+    statistics, the sample the axes come from and the axes are the same as in memory."""
+    n, d = cache.num_rows, cache.dim
+    if not dims or dims >= d or n * d <= FULL_WIDTH_VALUES:
+        return _standardised_projection(raw_features(cache), dims, seed)
+    sample = np.arange(n) if n <= BASIS_ROWS else np.sort(np.random.default_rng(seed).choice(n, BASIS_ROWS,
+                                                                                            replace=False))
+    total = np.zeros(d, np.float64)
+    squares = np.zeros(d, np.float64)
+    kept = np.empty((len(sample), d), dtype=np.float32)
+    bad = 0
+    with open_h5(cache._file) as h5:
+        data = h5["embeddings/features"]
+        for start in range(0, n, _BLOCK):
+            stored = data[start:start + _BLOCK]
+            bad += int(nonfinite_mask(stored).sum())
+            block = stored.astype(np.float64)
+            total += block.sum(axis=0)
+            squares += np.einsum("ij,ij->j", block, block)
+            a, b = np.searchsorted(sample, [start, start + len(stored)])
+            kept[a:b] = stored[sample[a:b] - start]
+        if bad:
+            require_finite(np.full((bad, 1), np.nan, np.float32), cache.path)  # raises, with the count
+        mean = total / n
+        scale = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+        scale[scale < 1e-6] = 1.0
+        mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+        kept -= mean32
+        kept /= scale32
+        axes, _, _ = principal_axes(kept, center=False, sample=len(kept), seed=seed)
+        top = axes[:, :dims].astype(np.float32)
+        out = np.empty((n, dims), dtype=np.float32)
+        for start in range(0, n, _BLOCK):
+            block = data[start:start + _BLOCK].astype(np.float32)
+            block -= mean32
+            block /= scale32
+            out[start:start + len(block)] = block @ top
+    return out
+
+
 def _fit_predict(x_train, y_train, x_test, num_classes: int, C: float, seed: int) -> tuple[np.ndarray, bool]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -139,7 +188,7 @@ def rank_label_errors(inv: Inventory, out: str | Path | None = None, folds: int 
     if small:
         warnings.append(f"{len(small)} classes have fewer images than --folds {folds} (e.g. {small[0]!r}): some of "
                         f"their images are scored by a model that saw none of their class, and rank high")
-    features = _standardised_projection(raw_features(inv.cache), dims, inv.seed)
+    features = standardised_projection(inv.cache, dims, inv.seed)
     num_classes = len(inv.classes)
     probs = np.zeros((inv.num_rows, num_classes), dtype=np.float64)
 

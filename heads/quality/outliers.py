@@ -26,8 +26,7 @@ import numpy as np
 from headstart.embedder.errors import UsageError
 from headstart.embedder.progress import progress_bar
 
-from .inventory import (Inventory, default_report_path, labelled_units, other_paths, require_labels,
-                        unit_features)
+from .inventory import Inventory, default_report_path, labelled_units, other_paths, require_labels, unit_rows
 from .output import write_csv, write_report_gallery
 from .report import QualityReport
 
@@ -143,7 +142,7 @@ def rank_outliers(inv: Inventory, out: str | Path | None = None, k: int = DEFAUL
                   max_reference: int = DEFAULT_REFERENCE, progress: bool = False, top: int = 10) -> OutliersReport:
     started = time.perf_counter()
     require_labels(inv, "inspect outliers", min_classes=1)
-    x = unit_features(inv.cache)
+    x = unit_rows(inv.cache)  # float16 as stored; float32 a block at a time
     s = outlier_scores(inv, x, k, max_reference, progress)
     del x
     c = inv.cache

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .pca import principal_axes
+from .rows import as_rows
 
 RANKS = (32, 64, 128, 256)
 SLACK = 1e-4  # covers float32 rounding in the bound (|error| ~1e-6 here), so the bound stays an upper bound
@@ -143,7 +144,7 @@ def similar_pairs(x: np.ndarray, threshold: float, emit: Emit, seed: int = 0, pr
     the plan (with ``estimated_pairs``) before the long pass, and may raise to refuse it.
     """
     started = time.perf_counter()
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = as_rows(x)  # an array, or UnitRows (float16 kept, float32 a block at a time)
     n = len(x)
     if n < 2:
         return JoinStats(seconds=time.perf_counter() - started)

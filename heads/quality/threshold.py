@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .rows import nonzero_rows
+
 DEFAULT_THRESHOLD = 0.90  # MobileNetV2 1.0 on real photos (see the module notes); small caches
 CLOSER = 3.0  # a near-duplicate is this many times closer than a typical nearest neighbour
 SAMPLE_ROWS = 256  # rows whose nearest neighbours (among all rows) are measured: ~5% of the join at 100k rows
@@ -122,7 +124,7 @@ def calibrate_threshold(x: np.ndarray, seed: int = 0, sample_rows: int = SAMPLE_
     """
     started = time.perf_counter()
     n = len(x)
-    nonzero = np.flatnonzero(np.einsum("ij,ij->i", x, x) > 0) if n else np.zeros(0, np.int64)
+    nonzero = np.flatnonzero(nonzero_rows(x)) if n else np.zeros(0, np.int64)
     if len(nonzero) < MIN_ROWS:
         return ThresholdChoice(value=DEFAULT_THRESHOLD, source="default", sample_rows=int(len(nonzero)))
     rng = np.random.default_rng(seed)
