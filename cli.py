@@ -148,12 +148,16 @@ def embed_run(
     workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
     max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Images with more pixels (read from the "
                                                                    "header) are skipped as too large, not decoded."),
-    runtime: str = typer.Option("auto", help="auto (LiteRT when no GPU is visible and the backbone converts, "
-                                             "else TensorFlow), tf, or litert. Same numbers within 1e-4."),
+    runtime: str = typer.Option("auto", help="auto (OpenVINO for --precision bf16; else LiteRT when no GPU is "
+                                             "visible and the backbone converts, then OpenVINO, then TensorFlow), "
+                                             "tf, litert, or openvino (pip install 'headstart[openvino]'). "
+                                             "Same numbers within 1e-4 in float32; says which ran and why."),
     shard: Optional[str] = typer.Option(None, help="I/N: embed only shard I (0-based) of N, a partition by content "
                                                    "key; one cache per shard, then `embed merge`."),
-    precision: str = typer.Option("auto", help="float32, or mixed (Keras mixed_float16); auto: mixed on a GPU, "
-                                               "float32 on a CPU. Part of the fingerprint."),
+    precision: str = typer.Option("auto", help="float32; mixed (Keras mixed_float16, GPUs); or bf16 (bfloat16 on "
+                                               "OpenVINO: ~2x float32's rate on CPUs with AVX512_BF16 or AMX, an "
+                                               "error on others). auto: mixed on a GPU, float32 on a CPU. Part of "
+                                               "the fingerprint: bf16 and float32 rows never mix."),
     jit: Optional[bool] = typer.Option(None, "--jit/--no-jit", help="XLA compilation; default: on with a GPU, off on "
                                                                      "CPUs (measured slower there)."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1: run on several GPUs (logical CPUs "
@@ -827,7 +831,8 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size"),
     cache: List[str] = typer.Option([], "--cache", help="Also look features up in this cache (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Push every image through the backbone."),
-    runtime: str = typer.Option("auto", help="auto, tf or litert, as for `embed run`."),
+    runtime: str = typer.Option("auto", help="auto, tf, litert or openvino, as for `embed run`; the precision "
+                                             "is the run's own (a bf16 run needs OpenVINO and a bf16 CPU)."),
     devices: Optional[str] = typer.Option(None, help="all, or indices like 0,1, as for `embed run`."),
     workers: Optional[int] = typer.Option(None, help="Decoding threads; default: the number of cores."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),

@@ -26,8 +26,10 @@ from .errors import BackboneError, UsageError
 
 POOLINGS = ("avg", "max", "flatten")
 PREPROCESS_LAYER_PREFIX = "headstart_preprocess"
-PRECISIONS = ("auto", "float32", "mixed")
-COMPUTE_DTYPES = {"float32": "float32", "mixed": "mixed_float16"}
+PRECISIONS = ("auto", "float32", "mixed", "bf16")
+# --precision -> the fingerprint's compute_dtype. bf16 runs on OpenVINO, on CPUs with AVX512_BF16
+# or AMX (embedder.runtimes.openvino); its rows never mix with float32 ones.
+COMPUTE_DTYPES = {"float32": "float32", "mixed": "mixed_float16", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,20 @@ class BackboneConfig:
     layer: str | None = None
     alpha: float | None = None
     seed: int = 0
-    precision: str = "auto"  # 'auto' (mixed with a GPU, else float32) | 'float32' | 'mixed'
+    precision: str = "auto"  # 'auto' (mixed with a GPU, else float32) | 'float32' | 'mixed' | 'bf16'
     # How bytes become pixels (embedder.decode.RECIPES): 'current' | 'legacy'; 'auto' is the
     # current rule, except that a run continuing a cache of another rule keeps that rule.
     pixels: str = "auto"
 
 
 def resolve_precision(precision: str) -> str:
-    """'float32' or 'mixed'; 'auto' is mixed only where a GPU is (see devices.gpu_likely)."""
+    """'float32', 'mixed' or 'bf16'; 'auto' is mixed only where a GPU is (see devices.gpu_likely).
+
+    'auto' stays float32 on CPUs, even those with bfloat16: on hymenoptera, logistic regression
+    on bf16 features lost 0.7-1.3 points of val accuracy (issue 16), more than the 0.5 allowed.
+    Whether this CPU can compute in bf16 is checked where it runs (the OpenVINO runtime), so
+    that reading, exporting or reusing a bf16 cache needs no such CPU.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
@@ -279,7 +287,9 @@ def build_backbone(resolved: ResolvedBackbone):
 
     For a model file, the input size is the file's own (read it from ``model.inputs``; the
     fingerprint keeps 0). With ``compute_dtype`` mixed_float16 the network computes in
-    float16 (Keras mixed precision) and still returns float32 features.
+    float16 (Keras mixed precision) and still returns float32 features. With bfloat16 the
+    Keras network is the float32 one: the runtime (OpenVINO) computes it in bfloat16, and
+    checks that against this float32 reference.
     """
     from .tf_runtime import import_keras
 
@@ -406,8 +416,10 @@ def backbone_network(resolved: ResolvedBackbone, log=lambda message: None):
         log(f"building {describe_architecture(resolved)}")
         return build_backbone(resolved)
 
+    compute_dtype = resolved.fingerprint.get("compute_dtype")
     return Network(key=network_key(resolved.fingerprint), build=build, describe=dict(resolved.fingerprint),
-                   mixed_precision=resolved.fingerprint.get("compute_dtype") == COMPUTE_DTYPES["mixed"])
+                   mixed_precision=compute_dtype == COMPUTE_DTYPES["mixed"],
+                   bfloat16=compute_dtype == COMPUTE_DTYPES["bf16"])
 
 
 def describe_architecture(resolved: ResolvedBackbone) -> str:
