@@ -206,8 +206,18 @@ def test_auto_takes_openvino_when_litert_cannot_convert(tmp_path, run_cli, tiny_
     code, out, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "a.h5")
     assert code == 0, err
     assert "runtime: openvino (no GPU is visible; LiteRT is not available for it (" in err
-    assert "does not convert to TFLite: unsupported op (simulated)); float32, " in err
+    assert ("does not convert to TFLite: unsupported op (simulated)); the next fastest in float32 on CPUs "
+            "(measured: ") in err and "); float32, " in err
     assert "(runtime: openvino)" in out
+
+
+def test_auto_picks_litert_for_float32_on_cpus_and_says_why(tmp_path, run_cli, tiny_model_file, monkeypatch):
+    monkeypatch.setenv("HEADSTART_HOME", str(tmp_path / "home"))
+    images = tmp_path / "imgs"
+    make_class_folders(images, per_class=2)
+    code, _, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "a.h5")
+    assert code == 0, err
+    assert "runtime: litert (no GPU is visible; the fastest in float32 on CPUs (measured: " in err
 
 
 def test_auto_names_every_refusal_before_falling_back_to_tensorflow(tmp_path, run_cli, tiny_model_file,

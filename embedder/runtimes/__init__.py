@@ -34,8 +34,12 @@ RUNTIMES: dict[str, Runtime] = {runtime.name: runtime
                                 for runtime in (TensorFlowRuntime(), LiteRTRuntime(), OpenVINORuntime())}
 CHOICES = ("auto", *RUNTIMES)
 LABELS = {"tf": "TensorFlow", "litert": "LiteRT", "openvino": "OpenVINO"}
-# Float32 on CPUs, fastest first (benchmarks/cpu_runtimes.py, `embed run` end to end on 2 cores).
+# Float32 on CPUs, fastest first, and why: what `embed run` says when auto picks it. Measured in
+# issue 16 (MobileNetV2 224 px, batch 32, 2 cores of an AVX-512 EPYC): LiteRT 300 images/s, OpenVINO
+# 284, TensorFlow 107; benchmarks/cpu_runtimes.py measures it again.
 CPU_FLOAT32_ORDER = ("litert", "openvino")
+CPU_FLOAT32_WHY = {"litert": "the fastest in float32 on CPUs (measured: ~1.05x OpenVINO, ~2.8x TensorFlow)",
+                   "openvino": "the next fastest in float32 on CPUs (measured: ~2.7x TensorFlow)"}
 
 __all__ = ["CHOICES", "RUNTIMES", "ConversionError", "Forward", "Network", "Runtime", "RuntimeOptions",
            "check_choice", "load_forward"]
@@ -94,7 +98,8 @@ def load_forward(name: str, network: Network, options: RuntimeOptions | None = N
             except (ConversionError, UsageError) as exc:
                 refused.append(f"{LABELS[candidate]} is not available for it ({exc})")
                 continue
-            forward.reason = "; ".join(["no GPU is visible", *refused, forward.reason])
+            forward.reason = "; ".join(["no GPU is visible", *refused, CPU_FLOAT32_WHY[candidate],
+                                        forward.reason])
             return forward
         return run_tf("; ".join(refused))
     if network.bfloat16 and name != "openvino":

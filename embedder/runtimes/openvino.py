@@ -207,14 +207,15 @@ class OpenVINOForward:
         try:
             compiled = core().compile_model(ov_model, "CPU", config)
         except Exception as exc:
-            raise OpenVINOConversionError(f"OpenVINO cannot compile the backbone: {' '.join(str(exc).split())[:200]}") from None
+            raise OpenVINOConversionError(
+                f"OpenVINO cannot compile the backbone: {' '.join(str(exc).split())[:200]}") from None
         self.compile_s = time.perf_counter() - started
         ran_in = compute_precisions(compiled)
         wanted = PRECISIONS[compute_dtype]
         if ran_in != {wanted}:
             raise PrecisionError(f"OpenVINO was asked to compute in {compute_dtype} but compiled the backbone's "
-                             f"layers in {', '.join(sorted(ran_in)) or 'nothing known'}; refusing rows that "
-                             f"would not match the fingerprint")
+                                 f"layers in {', '.join(sorted(ran_in)) or 'nothing known'}; refusing rows that "
+                                 f"would not match the fingerprint")
         self.streams = int(compiled.get_property("NUM_STREAMS"))
         self.threads = max(1, int(compiled.get_property("INFERENCE_NUM_THREADS")) // max(1, self.streams))
         requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
