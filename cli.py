@@ -20,6 +20,7 @@ import typer
 
 from headstart import __version__
 from headstart.embedder import defaults
+from headstart.embedder.backbones import PRECISIONS
 from headstart.embedder.errors import EXIT_OK, EXIT_USAGE, HeadstartError
 from headstart.embedder.runtimes import CHOICES as RUNTIME_CHOICES
 
@@ -213,10 +214,12 @@ def embed_run(
     max_pixels: Annotated[int, Opt("--max-pixels", help="Images with more pixels (read from "
                                    "the header) are skipped as too large, never decoded.")] = defaults.PIXEL_LIMIT,
     runtime: Annotated[str, Opt("--runtime", choices=RUNTIME_CHOICES,
-                                help="What runs the backbone: auto takes LiteRT when no GPU is visible and the "
-                                     "backbone converts, else TensorFlow (without TensorFlow installed: jax, "
-                                     "else torch), and says why. jax/torch: Keras 3 on that backend in a worker "
-                                     "process, no TensorFlow needed. Same numbers within 1e-4.")] = defaults.RUNTIME,
+                                help="What runs the backbone: auto takes OpenVINO for --precision bf16; else "
+                                     "LiteRT when no GPU is visible and the backbone converts, then OpenVINO, "
+                                     "else TensorFlow (without TensorFlow installed: jax, else torch), and says "
+                                     "which and why. openvino: pip install 'headstart[openvino]'. jax/torch: "
+                                     "Keras 3 on that backend in a worker process, no TensorFlow needed. Same "
+                                     "numbers within 1e-4 in float32.")] = defaults.RUNTIME,
     decode: Annotated[str, Opt("--decode", choices=("pillow", "nvjpeg"),
                                help="pillow: CPU threads (a cache made another way keeps its own rule); nvjpeg: "
                                     "JPEGs decoded on a CUDA GPU (torchvision): other pixels, so another "
@@ -224,9 +227,11 @@ def embed_run(
     shard: Annotated[Optional[str], Opt("--shard", help="I/N: embed only shard I (0-based) of N, a partition "
                                                               "of the files by path (each machine reads only its "
                                                               "own); one cache per shard, then `embed merge`.")] = None,
-    precision: Annotated[str, Opt("--precision", choices=("auto", "float32", "mixed"),
-                                  help="Computation dtype (mixed: Keras mixed_float16); auto: mixed on a GPU, "
-                                       "float32 on a CPU. Part of the fingerprint.")] = defaults.PRECISION,
+    precision: Annotated[str, Opt("--precision", choices=PRECISIONS,
+                                  help="Computation dtype: mixed is Keras mixed_float16 (GPUs); bf16 is bfloat16 "
+                                       "on OpenVINO (~2x float32's rate on CPUs with AVX512_BF16 or AMX, an error "
+                                       "on others); auto: mixed on a GPU, float32 on a CPU. Part of the "
+                                       "fingerprint: rows of two precisions never mix.")] = defaults.PRECISION,
     jit: Annotated[Optional[bool], Opt("--jit/--no-jit", help="XLA compilation.",
                                        default_text="on with a GPU, off on CPUs (measured slower there)")] = None,
     devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1: several GPUs (logical "
@@ -752,8 +757,9 @@ def predict(
                                     "must be of the run's backbone.")] = [],  # noqa: B006 - Typer's list default
     no_cache: Annotated[bool, Opt("--no-cache", help="Push every image through the backbone.")] = False,
     runtime: Annotated[str, Opt("--runtime", choices=RUNTIME_CHOICES,
-                                help="As for `embed run` (jax/torch: head runs; the pixels follow the run's "
-                                     "own rule).")] = defaults.RUNTIME,
+                                help="As for `embed run` (jax/torch: head runs; the pixels and the "
+                                     "precision follow the run's own: a bf16 run needs OpenVINO and a bf16 "
+                                     "CPU).")] = defaults.RUNTIME,
     devices: Annotated[Optional[str], Opt("--devices", help="all, or indices like 0,1, as for `embed "
                                                                   "run`.")] = None,
     workers: Annotated[Optional[int], Opt("--workers", help="Decoding threads.",

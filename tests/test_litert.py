@@ -71,6 +71,9 @@ def test_auto_falls_back_to_tensorflow_when_conversion_fails(tmp_path, run_cli, 
         raise litert.ConversionError(f"{model.name} does not convert to TFLite: unsupported op (simulated)")
 
     monkeypatch.setattr(litert, "convert", refuse)
+    import headstart.embedder.runtimes.openvino as openvino_runtime  # auto's next choice (tests/test_openvino.py)
+
+    monkeypatch.setattr(openvino_runtime, "installed", lambda: False)
     images = tmp_path / "imgs"
     make_class_folders(images, per_class=2)
     code, out, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--cache", tmp_path / "a.h5")

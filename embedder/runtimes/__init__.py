@@ -5,17 +5,22 @@ plus one line in :data:`RUNTIMES`. ``--runtime auto`` (:func:`load_forward`) pic
 says why:
 
 * TensorFlow when a TensorFlow-only feature is asked for (several devices, ``--jit``,
-  mixed precision) or a GPU is visible;
-* otherwise LiteRT, when the network converts (and matches TensorFlow on a probe batch):
-  about twice TensorFlow's rate on CPUs (benchmarks/embed_throughput.py);
-* otherwise TensorFlow, naming what LiteRT refused;
+  mixed precision);
+* OpenVINO for bfloat16 (``--precision bf16``): the one runtime that computes in it, on CPUs
+  with AVX512_BF16 or AMX; elsewhere that is an error, never float32 rows under a bf16
+  fingerprint;
+* TensorFlow when a GPU is visible;
+* otherwise the first of :data:`CPU_FLOAT32_ORDER` that converts the network (and matches
+  TensorFlow on a probe batch): LiteRT, then OpenVINO, each about twice TensorFlow's rate
+  on CPUs, LiteRT the faster of the two in float32 (benchmarks/cpu_runtimes.py);
+* otherwise TensorFlow, naming what the others refused;
 * where TensorFlow is not installed at all (a GPU box with JAX or PyTorch): Keras 3 on JAX,
   else on PyTorch, where a GPU is likely; PyTorch first on CPUs, where XLA ran MobileNetV2
   about 10x slower than PyTorch (:mod:`embedder.runtimes.keras_backend`); naming what refused.
 
 A runtime named explicitly insists: if it cannot run the network, that is a one-line error.
 Runtimes give the same numbers within the parity tolerance, so the choice is recorded on the
-cache but is not part of the fingerprint.
+cache but is not part of the fingerprint (the precision is).
 """
 
 from __future__ import annotations
@@ -26,12 +31,21 @@ from ..errors import UsageError
 from .base import Forward, Network, Runtime, RuntimeOptions
 from .keras_backend import KerasBackendRuntime
 from .litert import ConversionError, LiteRTRuntime
+from .openvino import OpenVINORuntime
 from .tf import TensorFlowRuntime
 
 RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (
-    TensorFlowRuntime(), LiteRTRuntime(), KerasBackendRuntime("jax"), KerasBackendRuntime("torch"))}
+    TensorFlowRuntime(), LiteRTRuntime(), OpenVINORuntime(), KerasBackendRuntime("jax"), KerasBackendRuntime("torch"))}
 CHOICES = ("auto", *RUNTIMES)
 WITHOUT_TENSORFLOW = ("jax", "torch")  # the runtimes that need no TensorFlow
+LABELS = {"tf": "TensorFlow", "litert": "LiteRT", "openvino": "OpenVINO", "jax": "Keras 3 on JAX",
+          "torch": "Keras 3 on PyTorch"}
+# Float32 on CPUs, fastest first, and why: what `embed run` says when auto picks it. Measured in
+# issue 16 (MobileNetV2 224 px, batch 32, 2 cores of an AVX-512 EPYC): LiteRT 300 images/s, OpenVINO
+# 284, TensorFlow 107; benchmarks/cpu_runtimes.py measures it again.
+CPU_FLOAT32_ORDER = ("litert", "openvino")
+CPU_FLOAT32_WHY = {"litert": "the fastest in float32 on CPUs (measured: ~1.05x OpenVINO, ~2.8x TensorFlow)",
+                   "openvino": "the next fastest in float32 on CPUs (measured: ~2.7x TensorFlow)"}
 
 __all__ = ["CHOICES", "RUNTIMES", "ConversionError", "Forward", "Network", "Runtime", "RuntimeOptions",
            "check_choice", "load_forward"]
@@ -51,7 +65,13 @@ def load_forward(name: str, network: Network, options: RuntimeOptions | None = N
 
     check_choice(name)
     options = options or RuntimeOptions()
+    if network.bfloat16 and name not in ("auto", "openvino"):  # never float32 rows under a bf16 fingerprint
+        raise UsageError(f"--runtime {name} cannot compute in bfloat16; --precision bf16 runs on "
+                         f"--runtime openvino (or auto)")
     if name == "auto" and not tensorflow_installed():
+        if network.bfloat16:
+            raise UsageError("--precision bf16 runs on OpenVINO, which converts the backbone with TensorFlow; "
+                             "TensorFlow is not installed here")
         return _without_tensorflow(network, options, log)
     if name in WITHOUT_TENSORFLOW:  # nothing below (devices, strategies) may import TensorFlow for these
         runtime = RUNTIMES[name]
@@ -84,24 +104,41 @@ def load_forward(name: str, network: Network, options: RuntimeOptions | None = N
     if name == "auto":
         from ..devices import gpu_likely
 
+        if network.bfloat16:  # before anything that would send it to TensorFlow's float32
+            return _insist("openvino", network, model, options, log, "bfloat16 runs on OpenVINO only", tf_only)
         if tf_only:
             return run_tf(f"{tf_only[0]} asked for")
         if gpu_likely() and _tensorflow_sees_a_gpu():  # the /proc check first: no TensorFlow import on CPUs
             return run_tf("a GPU is visible")
-        try:
-            forward = RUNTIMES["litert"].load(network, model, options, log)
-        except (ConversionError, UsageError) as exc:
-            return run_tf(f"LiteRT is not available for it ({exc})")
-        forward.reason = f"no GPU is visible; {forward.reason}"
-        return forward
-    runtime = RUNTIMES[name]
-    refusal = runtime.refuses(network, options, tf_only)
-    if refusal:
-        raise UsageError(refusal)
+        refused: list[str] = []
+        for candidate in CPU_FLOAT32_ORDER:
+            runtime = RUNTIMES[candidate]
+            try:
+                refusal = runtime.refuses(network, options, [])
+                if refusal:
+                    raise UsageError(refusal)
+                forward = runtime.load(network, model, options, log)
+            except (ConversionError, UsageError) as exc:
+                refused.append(f"{LABELS[candidate]} is not available for it ({exc})")
+                continue
+            forward.reason = "; ".join(["no GPU is visible", *refused, CPU_FLOAT32_WHY[candidate],
+                                        forward.reason])
+            return forward
+        return run_tf("; ".join(refused))
     if name == "tf":
         return run_tf("asked for")
+    return _insist(name, network, model, options, log, "asked for", tf_only)
+
+
+def _insist(name: str, network: Network, model, options: RuntimeOptions, log, why: str,
+            tf_only: list[str] | None = None) -> Forward:
+    """Runtime ``name`` or a one-line error saying why it cannot run ``network``."""
+    runtime = RUNTIMES[name]
+    refusal = runtime.refuses(network, options, tf_only or [])
+    if refusal:
+        raise UsageError(refusal)
     forward = runtime.load(network, model, options, log)
-    forward.reason = f"asked for; {forward.reason}"
+    forward.reason = f"{why}; {forward.reason}"
     return forward
 
 

@@ -23,6 +23,7 @@ class Network:
     build: Callable[[], object]  # -> the Keras model (pixels [B, S, S, 3] in [0, 255] -> outputs)
     describe: dict = field(default_factory=dict)  # recorded beside converted copies
     mixed_precision: bool = False
+    bfloat16: bool = False  # computes in bfloat16 (--precision bf16): OpenVINO on CPUs that have it
     # What another process needs to build it (a picklable ResolvedBackbone), for the runtimes
     # that run Keras on another backend in a worker process; None: only this process can.
     portable: object = None
