@@ -290,11 +290,13 @@ def test_bf16_is_a_one_line_error_on_a_cpu_without_it(tmp_path, run_cli, no_bf16
     assert not (tmp_path / "b.h5").exists()  # no cache of float32 rows under a bf16 fingerprint
 
 
-@pytest.mark.parametrize("runtime", ["tf", "litert"])
-def test_bf16_runs_on_openvino_only(tmp_path, run_cli, runtime):
+@pytest.mark.parametrize("runtime", ["tf", "litert", "jax", "torch"])
+def test_bf16_runs_on_openvino_only(tmp_path, run_cli, runtime, tiny_model_file):
+    """Every other runtime refuses bf16 before computing anything: float32 rows must never
+    land under a bf16 fingerprint (the Keras 3 runtimes included)."""
     images = tmp_path / "imgs"
     make_class_folders(images, per_class=2)
-    code, _, err = run_cli("embed", "run", images, *VGG, "--precision", "bf16", "--runtime", runtime,
+    code, _, err = run_cli("embed", "run", images, "-b", tiny_model_file, "--precision", "bf16", "--runtime", runtime,
                            "--cache", tmp_path / "b.h5", "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"--runtime {runtime} cannot compute in bfloat16; --precision bf16 runs on --runtime openvino" in err
