@@ -146,10 +146,12 @@ def test_float32_is_compiled_in_float32_on_every_cpu(tiny_model_file):
     assert forward.layout.startswith("float32, ")
 
 
-FAMILIES = [("MobileNet", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32), ("MobileNetV3Large", 32),
-            ("EfficientNetB0", 32), ("EfficientNetV2B0", 32), ("ResNet50", 32), ("ResNet50V2", 32), ("VGG16", 32),
-            ("InceptionV3", 75), ("InceptionResNetV2", 75), ("Xception", 71), ("DenseNet121", 32),
-            ("ConvNeXtTiny", 32)]
+# One family per kind of op the converter must get right: depthwise convolutions and ReLU6,
+# squeeze-excitation and swish, residual sums, concatenated branches with asymmetric kernels,
+# dense concatenation, layer norm and GELU. tests/test_litert.py builds every registered family;
+# here each conversion costs tens of seconds, and every first use is parity-probed anyway.
+FAMILIES = [("MobileNetV2", 32), ("EfficientNetB0", 32), ("ResNet50", 32), ("InceptionV3", 75),
+            ("DenseNet121", 32), ("ConvNeXtTiny", 32)]
 
 
 @pytest.mark.parametrize("name, size", FAMILIES)
