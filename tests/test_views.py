@@ -69,7 +69,14 @@ def test_views_are_reproducible_distinct_and_close_to_the_clean_features(images,
     assert again.views_seed == 0
 
 
-def test_adding_views_embeds_only_the_views_and_keeps_the_first_ones(images, tmp_path, tiny_model_file, run_cli):
+def test_adding_views_embeds_only_the_views_and_keeps_the_first_ones(images, tmp_path, tiny_model_file, run_cli,
+                                                                     monkeypatch):
+    from headstart.embedder import filestat
+
+    # The files were just written: with the usual racy window their stat records settle only in
+    # a run a few seconds later, which then rewrites the tables once (embedder/filestat.py), and
+    # "not rewritten" below would depend on how fast this test runs. No window: settled at once.
+    monkeypatch.setattr(filestat, "RACY_WINDOW_NS", 0)
     config = _config(tiny_model_file)
     cache_path = tmp_path / "c.h5"
     first = _embed(images, cache_path, config)
