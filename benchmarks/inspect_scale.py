@@ -42,6 +42,30 @@ MEAN_SHARE = 0.42  # energy along the mean direction (measured: 0.424)
 ALPHA = 0.95  # power-law decay of the other eigenvalues (measured slope over components 2..200: -0.948)
 
 
+def spectrum(rng, dim: int):
+    """A random orthonormal basis and the standard deviations along its axes 2..dim: the
+    measured spectrum of real pooled features (MEAN_SHARE on the first axis, the rest ~k^-ALPHA)."""
+    import numpy as np
+
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    lam = np.arange(1, dim, dtype=np.float64) ** -ALPHA
+    lam *= (1 - MEAN_SHARE) / lam.sum()
+    return basis.astype(np.float32), np.sqrt(lam).astype(np.float32)
+
+
+def draw_features(rng, basis, sd, offsets, cls, count: int, spread: float = 1.0):
+    """``count`` feature vectors of classes ``cls``: the mean direction plus class offsets and
+    noise along the other axes, rotated into the basis."""
+    import numpy as np
+
+    dim = len(basis)
+    coords = rng.standard_normal((count, dim - 1), dtype=np.float32) * sd * spread + offsets[cls]
+    full = np.empty((count, dim), dtype=np.float32)
+    full[:, 0] = np.sqrt(MEAN_SHARE)
+    full[:, 1:] = coords
+    return full @ basis.T
+
+
 def make_cache(path: Path, rows: int, dim: int, near: int, exact: int, flips: int, outliers: int,
                threshold: float, seed: int = 0) -> dict:
     """Write the synthetic cache; return the planted truth (as keys and paths)."""
@@ -52,22 +76,14 @@ def make_cache(path: Path, rows: int, dim: int, near: int, exact: int, flips: in
     from headstart.embedder.cache import FileRecord, write_cache
 
     rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    basis = basis.astype(np.float32)
-    lam = np.arange(1, dim, dtype=np.float64) ** -ALPHA
-    lam *= (1 - MEAN_SHARE) / lam.sum()
-    sd = np.sqrt(lam).astype(np.float32)
+    basis, sd = spectrum(rng, dim)
     base = rows - near - outliers
     labels = rng.integers(0, CLASSES, rows)
     offsets = np.zeros((CLASSES, dim - 1), dtype=np.float32)
     offsets[:, :24] = rng.normal(0, 1.2, (CLASSES, 24)) * sd[:24]
 
     def draw(count, cls, spread=1.0):
-        coords = rng.standard_normal((count, dim - 1), dtype=np.float32) * sd * spread + offsets[cls]
-        full = np.empty((count, dim), dtype=np.float32)
-        full[:, 0] = np.sqrt(MEAN_SHARE)
-        full[:, 1:] = coords
-        return full @ basis.T
+        return draw_features(rng, basis, sd, offsets, cls, count, spread)
 
     features = np.empty((rows, dim), dtype=np.float32)
     for start in range(0, base, 20000):

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb, run_child  # noqa: E402
-from inspect_scale import ALPHA, MEAN_SHARE  # noqa: E402  (the measured spectrum of real features)
+from inspect_scale import MEAN_SHARE, draw_features, spectrum  # noqa: E402  (the measured spectrum of real features)
 
 SCRIPT = Path(__file__).resolve()
 CLASSES = 10
@@ -104,11 +104,7 @@ def build(work: Path, rows: int, dim: int, seed: int = 0) -> dict:
     fingerprint = resolve(BackboneConfig(backbone=str(model))).fingerprint
 
     rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    basis = basis.astype(np.float32)
-    lam = np.arange(1, dim, dtype=np.float64) ** -ALPHA
-    lam *= (1 - MEAN_SHARE) / lam.sum()
-    sd = np.sqrt(lam).astype(np.float32)
+    basis, sd = spectrum(rng, dim)
     offsets = np.zeros((CLASSES, dim - 1), dtype=np.float32)
     offsets[:, :24] = rng.normal(0, 1.2, (CLASSES, 24)) * sd[:24]
     base = rows - NEAR - OUTLIERS
@@ -120,11 +116,7 @@ def build(work: Path, rows: int, dim: int, seed: int = 0) -> dict:
     given[flipped] = (labels[flipped] + rng.integers(1, CLASSES, FLIPS)) % CLASSES
 
     def draw(count, cls):
-        coords = rng.standard_normal((count, dim - 1), dtype=np.float32) * sd + offsets[cls]
-        full = np.empty((count, dim), dtype=np.float32)
-        full[:, 0] = np.sqrt(MEAN_SHARE)
-        full[:, 1:] = coords
-        return full @ basis.T
+        return draw_features(rng, basis, sd, offsets, cls, count)
 
     kept = {}
     cache = work / "million.h5"
