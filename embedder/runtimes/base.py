@@ -9,6 +9,8 @@ fingerprint. The registry and the choice between them live in :mod:`embedder.run
 
 from __future__ import annotations
 
+import queue
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -85,3 +87,35 @@ class Runtime:
              log: Callable[[str], None]) -> Forward:
         """The forward pass; ``model()`` builds (once) the Keras network when it is needed."""
         raise NotImplementedError
+
+
+class ChunkPool:
+    """Workers that each run one chunk of a batch at a time, side by side (LiteRT
+    interpreters, OpenVINO infer requests: both release the GIL while they compute).
+
+    A batch is cut into chunks of at most ``chunk`` images that idle workers take in turn, so
+    one slowed by a busy core (the decoders share it) simply takes fewer; a small batch still
+    goes to every worker. Results come back in order. Safe to call from several threads.
+    """
+
+    def __init__(self, workers: list, run: Callable[[object, np.ndarray], np.ndarray], chunk: int, name: str):
+        self.count, self.chunk, self._run_on = len(workers), max(1, chunk), run
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for worker in workers:
+            self._idle.put(worker)
+        self._threads = ThreadPoolExecutor(self.count, thread_name_prefix=name) if self.count > 1 else None
+
+    def __call__(self, images) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+        if self._threads is None or len(x) <= 1:
+            return self._run(x)
+        size = min(self.chunk, -(-len(x) // self.count))
+        chunks = [x[i:i + size] for i in range(0, len(x), size)]
+        return np.concatenate(list(self._threads.map(self._run, chunks)))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        worker = self._idle.get()
+        try:
+            return self._run_on(worker, x)
+        finally:
+            self._idle.put(worker)

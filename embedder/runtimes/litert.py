@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import queue
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from ..devices import available_cores
 from ..errors import BackboneError, UsageError
-from .base import Forward, Network, Runtime, RuntimeOptions
+from .base import ChunkPool, Forward, Network, Runtime, RuntimeOptions
 from .store import ConvertedStore
 
 PARITY_TOLERANCE = 1e-4  # max |litert - tf| relative to max |tf| on the probe batch
@@ -114,11 +112,8 @@ class _Interpreter:
 
 class LiteRTForward:
     """``forward(images [B, S, S, 3] float32) -> np.ndarray [B, D]`` through a small pool
-    of interpreters (see :func:`default_layout`).
-
-    A batch is cut into chunks of at most ``chunk`` images that the interpreters take in
-    turn, so one slowed by a busy core (the decoders share it) simply takes fewer. Results
-    come back in order. Safe to call from several threads.
+    of interpreters (see :func:`default_layout`) that take chunks of a batch in turn
+    (:class:`~embedder.runtimes.base.ChunkPool`). Safe to call from several threads.
     """
 
     def __init__(self, flatbuffer: bytes, threads: int | None = None, interpreters: int | None = None,
@@ -129,11 +124,7 @@ class LiteRTForward:
         self.chunk = max(1, chunk)
         pool = [_Interpreter(flatbuffer, self.threads) for _ in range(self.interpreters)]
         self.image_size = pool[0].image_size
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        for interpreter in pool:
-            self._idle.put(interpreter)
-        self._workers = (ThreadPoolExecutor(self.interpreters, thread_name_prefix="litert")
-                         if self.interpreters > 1 else None)
+        self._pool = ChunkPool(pool, lambda interpreter, x: interpreter(x), self.chunk, "litert")
 
     @property
     def layout(self) -> str:
@@ -142,19 +133,7 @@ class LiteRTForward:
         return f"{interpreters} x {self.threads} thread{'s' if self.threads > 1 else ''}"
 
     def __call__(self, images) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
-        if self._workers is None or len(x) <= 1:
-            return self._run(x)
-        size = min(self.chunk, -(-len(x) // self.interpreters))  # small batches still use every interpreter
-        chunks = [x[i:i + size] for i in range(0, len(x), size)]
-        return np.concatenate(list(self._workers.map(self._run, chunks)))
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        interpreter = self._idle.get()
-        try:
-            return interpreter(x)
-        finally:
-            self._idle.put(interpreter)
+        return self._pool(images)
 
 
 def check_parity(model, forward: LiteRTForward, image_size: int, seed: int = 0) -> float:

@@ -24,12 +24,10 @@ import contextlib
 import functools
 import importlib.util
 import io
-import queue
 import tempfile
 import time
 import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +35,7 @@ import numpy as np
 
 from ..devices import available_cores
 from ..errors import BackboneError, UsageError
-from .base import Forward, Network, Runtime, RuntimeOptions
+from .base import ChunkPool, Forward, Network, Runtime, RuntimeOptions
 from .litert import ConversionError
 from .store import ConvertedStore
 
@@ -223,11 +221,9 @@ class OpenVINOForward:
         shape = ov_model.inputs[0].get_partial_shape()
         self.image_size = int(shape[1].get_length())
         self._compiled = compiled
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(requests):
-            self._idle.put(compiled.create_infer_request())
         self.requests = requests
-        self._workers = ThreadPoolExecutor(requests, thread_name_prefix="openvino") if requests > 1 else None
+        self._pool = ChunkPool([compiled.create_infer_request() for _ in range(requests)], _infer, self.chunk,
+                               "openvino")
 
     @property
     def layout(self) -> str:
@@ -236,20 +232,12 @@ class OpenVINOForward:
         return f"{self.compute_dtype}, {streams} x {self.threads} thread{'s' if self.threads > 1 else ''}"
 
     def __call__(self, images) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
-        if self._workers is None or len(x) <= 1:
-            return self._run(x)
-        size = min(self.chunk, -(-len(x) // self.requests))  # small batches still use every stream
-        chunks = [x[i:i + size] for i in range(0, len(x), size)]
-        return np.concatenate(list(self._workers.map(self._run, chunks)))
+        return self._pool(images)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        request = self._idle.get()
-        try:
-            request.infer({0: x})  # releases the GIL: requests run side by side
-            return request.get_output_tensor(0).data.copy()
-        finally:
-            self._idle.put(request)
+
+def _infer(request, x: np.ndarray) -> np.ndarray:
+    request.infer({0: x})  # releases the GIL: requests run side by side
+    return request.get_output_tensor(0).data.copy()
 
 
 def _probe(image_size: int, seed: int = 0) -> np.ndarray:
