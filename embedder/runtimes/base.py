@@ -119,3 +119,12 @@ class ChunkPool:
             return self._run_on(worker, x)
         finally:
             self._idle.put(worker)
+
+
+def relative_max_difference(reference: np.ndarray, got: np.ndarray) -> float:
+    """``max |got - reference| / max |reference|``: how a converted network's parity probe is
+    scored. NaN or inf in ``got`` score NaN or inf, which fails any tolerance, as it should."""
+    reference, got = np.asarray(reference, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN
+        scale = max(float(np.abs(reference).max()), 1e-30)
+        return float(np.abs(got - reference).max()) / scale

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..devices import available_cores
 from ..errors import BackboneError, UsageError
-from .base import ChunkPool, Forward, Network, Runtime, RuntimeOptions
+from .base import ChunkPool, Forward, Network, Runtime, RuntimeOptions, relative_max_difference
 from .store import ConvertedStore
 
 PARITY_TOLERANCE = 1e-4  # max |litert - tf| relative to max |tf| on the probe batch
@@ -143,9 +143,7 @@ def check_parity(model, forward: LiteRTForward, image_size: int, seed: int = 0) 
     got = np.asarray(forward(probe), dtype=np.float64)
     if got.shape != reference.shape:
         raise ConversionError(f"LiteRT output shape {got.shape} differs from TensorFlow's {reference.shape}")
-    with np.errstate(invalid="ignore"):  # inf - inf: NaN, which fails the check as it should
-        scale = max(float(np.abs(reference).max()), 1e-30)
-        return float(np.abs(got - reference).max()) / scale
+    return relative_max_difference(reference, got)
 
 
 def store() -> ConvertedStore:

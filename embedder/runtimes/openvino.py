@@ -35,7 +35,7 @@ import numpy as np
 
 from ..devices import available_cores
 from ..errors import BackboneError, UsageError
-from .base import ChunkPool, Forward, Network, Runtime, RuntimeOptions
+from .base import ChunkPool, Forward, Network, Runtime, RuntimeOptions, relative_max_difference
 from .litert import ConversionError
 from .store import ConvertedStore
 
@@ -251,9 +251,7 @@ def check_parity(model, forward: OpenVINOForward, seed: int = 0) -> float:
     got = np.asarray(forward(probe), dtype=np.float64)
     if got.shape != reference.shape:
         raise OpenVINOConversionError(f"OpenVINO output shape {got.shape} differs from TensorFlow's {reference.shape}")
-    with np.errstate(invalid="ignore"):  # inf - inf: NaN, which fails the check as it should
-        scale = max(float(np.abs(reference).max()), 1e-30)
-        return float(np.abs(got - reference).max()) / scale
+    return relative_max_difference(reference, got)
 
 
 def cosine_agreement(reference: Callable, forward: Callable, image_size: int, seed: int = 0) -> float:
