@@ -4,6 +4,7 @@ fingerprint and reused, a clear fallback or error when a network does not conver
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,10 +102,18 @@ def test_predict_is_the_same_on_both_runtimes(tmp_path, run_cli, tiny_model_file
     np.testing.assert_allclose(results["litert"], results["tf"], atol=1e-4)
 
 
-FAMILIES = [("MobileNet", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32), ("MobileNetV3Large", 32),
-            ("EfficientNetB0", 32), ("EfficientNetV2B0", 32), ("ResNet50", 32), ("ResNet50V2", 32), ("VGG16", 32),
-            ("InceptionV3", 75), ("InceptionResNetV2", 75), ("Xception", 71), ("DenseNet121", 32),
-            ("ConvNeXtTiny", 32)]
+# One member per family of the registry. CI converts one family per kind of op (depthwise and
+# ReLU6, squeeze-excitation and swish, residual sums, concatenated asymmetric branches, dense
+# concatenation, layer norm and GELU): the whole list costs ~8 minutes on 2 cores, more than
+# the rest of the suite can spare, and every first use of a conversion is parity-probed anyway.
+# HEADSTART_TEST_ALL_FAMILIES=1 converts them all (do it when a family is added or TF moves).
+ALL_FAMILIES = [("MobileNet", 32), ("MobileNetV2", 32), ("MobileNetV3Small", 32), ("MobileNetV3Large", 32),
+                ("EfficientNetB0", 32), ("EfficientNetV2B0", 32), ("ResNet50", 32), ("ResNet50V2", 32),
+                ("VGG16", 32), ("InceptionV3", 75), ("InceptionResNetV2", 75), ("Xception", 71),
+                ("DenseNet121", 32), ("ConvNeXtTiny", 32)]
+OP_KINDS = ("MobileNetV2", "EfficientNetB0", "ResNet50", "InceptionV3", "DenseNet121", "ConvNeXtTiny")
+FAMILIES = ALL_FAMILIES if os.environ.get("HEADSTART_TEST_ALL_FAMILIES") == "1" else [
+    (name, size) for name, size in ALL_FAMILIES if name in OP_KINDS]
 
 
 @pytest.mark.slow
