@@ -11,12 +11,9 @@ import pytest
 
 from conftest import ASSETS, WEIGHTS_035, WEIGHTS_100, make_class_folders, needs_assets
 from headstart.embedder.cache import open_cache
+from headstart.embedder.runtimes.base import relative_max_difference
 
 RELATIVE = 1e-4
-
-
-def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def _embed(run_cli, images, cache, runtime, *backbone):
@@ -38,7 +35,7 @@ def test_litert_and_tensorflow_embed_the_same_features(tmp_path, run_cli, tiny_m
     tf_cache, lite_cache = open_cache(tmp_path / "tf.h5"), open_cache(tmp_path / "lite.h5")
     assert lite_cache.attrs["runtime"] == "litert" and tf_cache.attrs["runtime"] == "tf"
     assert list(tf_cache.paths) == list(lite_cache.paths)
-    assert _relative_difference(lite_cache.file_features(), tf_cache.file_features()) <= RELATIVE
+    assert relative_max_difference(tf_cache.file_features(), lite_cache.file_features()) <= RELATIVE
 
 
 def test_flatbuffer_is_converted_once_and_reused(tmp_path, run_cli, tiny_model_file, monkeypatch):
@@ -143,7 +140,7 @@ def test_real_weights_on_real_photos_have_parity(alpha, weights):
     reference = compiled_forward(model, 224)(pixels).numpy()
     got = LiteRTForward(convert(model))(pixels)
     assert np.abs(reference).max() > 1  # real features, not the ~1e-12 of random weights
-    assert _relative_difference(got, reference) <= RELATIVE
+    assert relative_max_difference(reference, got) <= RELATIVE
 
 
 def test_interpreter_pool_keeps_order_and_numbers(tiny_model_file):

@@ -19,16 +19,13 @@ pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip insta
 
 from headstart.embedder.cache import open_cache  # noqa: E402
 from headstart.embedder.runtimes import openvino as ov_runtime  # noqa: E402
+from headstart.embedder.runtimes.base import relative_max_difference  # noqa: E402
 
 RELATIVE = 1e-4
 BF16_CPU = ov_runtime.cpu_bfloat16()
 needs_bf16 = pytest.mark.skipif(BF16_CPU is None, reason="this CPU has neither AVX512_BF16 nor AMX: "
                                                          "it cannot compute in bfloat16")
 VGG = ["-b", "VGG16", "--weights", "none", "--image-size", "32"]
-
-
-def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,7 +62,7 @@ def test_openvino_embeds_tensorflows_features(tmp_path, run_cli, tiny_model_file
     assert ov_cache.attrs["runtime"] == "openvino"
     assert list(tf_cache.paths) == list(ov_cache.paths)
     assert np.abs(tf_cache.file_features()).max() > 1e-3  # features worth comparing
-    assert _relative_difference(ov_cache.file_features(), tf_cache.file_features()) <= RELATIVE
+    assert relative_max_difference(tf_cache.file_features(), ov_cache.file_features()) <= RELATIVE
 
 
 def test_model_is_converted_once_kept_verified_and_reused(tmp_path, run_cli, tiny_model_file, monkeypatch):
@@ -133,7 +130,7 @@ def test_stored_form_round_trips_without_halving_the_weights(tiny_model_file):
     direct = ov_runtime.OpenVINOForward(ov_model)(pixels)
     stored = ov_runtime.OpenVINOForward(ov_runtime.unpack(ov_runtime.pack(ov_model)))(pixels)
     np.testing.assert_array_equal(stored, direct)
-    assert _relative_difference(stored, np.asarray(model(pixels))) <= 1e-5
+    assert relative_max_difference(np.asarray(model(pixels)), stored) <= 1e-5
 
 
 def test_float32_is_compiled_in_float32_on_every_cpu(tiny_model_file):
@@ -374,7 +371,7 @@ def test_bf16_embeds_close_to_float32_and_says_so(tmp_path, run_cli, tiny_model_
     assert bf16.fingerprint["compute_dtype"] == "bfloat16" and f32["fingerprint"]["compute_dtype"] == "float32"
     reference = open_cache(tmp_path / "f32.h5").file_features()
     assert _cosines(bf16.file_features(), reference).min() >= 0.98
-    assert _relative_difference(bf16.file_features(), reference) > 0  # really computed otherwise
+    assert relative_max_difference(reference, bf16.file_features()) > 0  # really computed otherwise
     kept = list((tmp_path / "home" / "converted" / "openvino").glob("*.ov.zip.json"))
     assert any("bfloat16_min_cosine_to_float32" in json.loads(p.read_text()) for p in kept)
 
