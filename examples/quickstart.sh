@@ -6,7 +6,7 @@
 #   bash examples/quickstart.sh               # install into .venv, then run the flow
 #   bash examples/quickstart.sh --no-install  # run the flow with the `headstart` on PATH
 #
-# QUICKSTART_DIR moves the work folder. Weights: ResNet50 with RANDOM weights (--weights none)
+# QUICKSTART_DIR moves the work folder, QUICKSTART_VENV the virtual environment. Weights: ResNet50 with RANDOM weights (--weights none)
 # at 96 px, whose features are O(1): the machinery is real, the accuracy is not. With network
 # access, drop `--weights none` to get the ImageNet weights (downloaded once by Keras).
 # --runtime tf skips the one-off LiteRT conversion of the backbone (about a minute for ResNet50
@@ -14,6 +14,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${QUICKSTART_DIR:-$repo/quickstart}"
+venv="${QUICKSTART_VENV:-$repo/.venv}"
 started=$SECONDS
 step() { echo; echo "== $* ($((SECONDS - started)) s so far)"; }
 
@@ -22,13 +23,19 @@ if [[ "${1:-}" == "--no-install" ]]; then
   python=python3
   activate=""
 else
-  step "set-up: .venv with headstart and its dependencies (TensorFlow is most of the time)"
-  python3 -m venv "$repo/.venv"
-  "$repo/.venv/bin/python" -m pip install -q --upgrade pip
-  "$repo/.venv/bin/python" -m pip install -q -e "$repo"
-  export PATH="$repo/.venv/bin:$PATH"
-  python="$repo/.venv/bin/python"
-  activate="source $repo/.venv/bin/activate"
+  step "set-up: $venv with headstart and its dependencies (TensorFlow is most of the time)"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  # --no-compile: pip would byte-compile every module of TensorFlow & co. (~30 s on 2 cores);
+  # Python compiles the ones a command imports, once, on first use instead. Not where
+  # PYTHONDONTWRITEBYTECODE is set: nothing compiled would be kept, and every command would
+  # compile TensorFlow again (~10 s each).
+  compile_flag="--no-compile"
+  [[ -n "${PYTHONDONTWRITEBYTECODE:-}" ]] && compile_flag="--compile"
+  "$venv/bin/python" -m pip install -q "$compile_flag" -e "$repo"
+  export PATH="$venv/bin:$PATH"
+  python="$venv/bin/python"
+  activate="source $venv/bin/activate"
 fi
 
 mkdir -p "$work"
