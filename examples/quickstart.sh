@@ -6,8 +6,8 @@
 #   bash examples/quickstart.sh               # install into .venv, then run the flow
 #   bash examples/quickstart.sh --no-install  # run the flow with the `headstart` on PATH
 #
-# QUICKSTART_DIR moves the work folder, QUICKSTART_VENV the virtual environment. Weights: ResNet50 with RANDOM weights (--weights none)
-# at 96 px, whose features are O(1): the machinery is real, the accuracy is not. With network
+# QUICKSTART_DIR moves the work folder, QUICKSTART_VENV the virtual environment. Weights:
+# ResNet50 with RANDOM weights (--weights none) at 96 px, whose features are O(1): the machinery is real, the accuracy is not. With network
 # access, drop `--weights none` to get the ImageNet weights (downloaded once by Keras).
 # --runtime tf skips the one-off LiteRT conversion of the backbone (about a minute for ResNet50
 # on 2 cores), which pays for itself only on more images than these 84.
